@@ -58,8 +58,8 @@ def precheck(argv: list[str]) -> None:
     config = load_config_file(spec)
     for key in override_keys(argv):
       check_key(config, key)
-  except ConfigError as e:
-    fail(str(e))
+  except (ConfigError, ValueError) as e:
+    fail(f"--config={spec}: {e}" if not isinstance(e, ConfigError) else str(e))
 
 
 def _bad_input_errors() -> tuple[type, ...]:
@@ -81,14 +81,27 @@ def write_config(config, workdir: str) -> None:
       json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
 
 
+def _setup_logging() -> None:
+  """llmrl's own INFO lines to stderr; library chatter (orbax, absl) stays at WARNING."""
+  import logging as pylog
+  logger = pylog.getLogger("llmrl")
+  if not logger.handlers:
+    handler = pylog.StreamHandler(sys.stderr)
+    handler.setFormatter(pylog.Formatter("llmrl %(levelname).1s %(asctime)s %(message)s",
+                                         "%H:%M:%S"))
+    logger.addHandler(handler)
+  logger.setLevel(pylog.INFO)
+  logger.propagate = False
+  logging.set_verbosity(logging.WARNING)
+
+
 def run(main: Callable[[object, str], object]) -> None:
   """Parses flags, joins a multi-host run, calls main(config, workdir)."""
   precheck(sys.argv)
 
   def _main(argv):
     del argv
-    logging.set_verbosity(logging.INFO)
-    logging.set_stderrthreshold("info")
+    _setup_logging()
     from llmrl.train import distributed
     from llmrl.train.trainer import NonFiniteError
     try:

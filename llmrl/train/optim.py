@@ -52,7 +52,7 @@ def make_schedule(c: ml_collections.ConfigDict, total_steps: int) -> optax.Sched
   elif c.schedule == "rsqrt":
     # lr = peak * sqrt(warm / step) after warmup (T5 / "Attention is all you need").
     decay = lambda s: peak * jax.lax.rsqrt(
-        (s + max(warm, 1)).astype(jnp.float32) / max(warm, 1))
+        (jnp.asarray(s, jnp.float32) + max(warm, 1)) / max(warm, 1))
   else:
     decay = optax.constant_schedule(peak)
   if warm == 0:

@@ -34,7 +34,7 @@ def _split_microbatches(batch: dict, n: int) -> dict:
 
 
 def _global_norm(tree) -> jax.Array:
-  return optax.global_norm(tree)
+  return optax.tree.norm(tree)
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,

@@ -48,6 +48,7 @@ def default_config() -> ml_collections.ConfigDict:
   """`config.train`: loop, batch and checkpoint settings."""
   c = ml_collections.ConfigDict()
   c.steps = 1000              # optimizer updates
+  c.seq_len = 128             # tokens per example (sequence tasks)
   c.global_batch_size = 32    # examples per update, over all processes
   c.microbatches = 1          # gradient accumulation: the batch is split in this many
   c.log_every = 50            # metrics to host, jsonl/TensorBoard and the progress line

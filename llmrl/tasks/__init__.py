@@ -1,0 +1,1 @@
+"""Tasks: what each experiment trains (model + loss + data), run by llmrl.train.trainer."""

@@ -1,0 +1,113 @@
+"""Causal-LM pretraining of the decoder-only model on any llmrl dataset."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import jax.numpy as jnp
+import ml_collections
+
+from llmrl import data as data_lib
+from llmrl.config import ConfigError, check_divides, check_enum, check_positive
+from llmrl.models import GPT, GPTConfig
+from llmrl.models.accounting import count_params_from_config, flops_per_token
+from llmrl.objectives.lm import causal_lm_loss
+from llmrl.train.trainer import Task, local_batch_size
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def model_config_block() -> ml_collections.ConfigDict:
+  """`config.model` for a decoder-only transformer."""
+  c = ml_collections.ConfigDict()
+  c.style = "gpt2"            # "gpt2" (learned pos, LayerNorm, GELU) | "llama" (RoPE, RMSNorm, SwiGLU)
+  c.num_layers = 2
+  c.d_model = 128
+  c.num_heads = 4
+  c.num_kv_heads = 0          # 0 = num_heads (MHA); 1 = MQA; otherwise GQA
+  c.d_ff = 512
+  c.max_len = 0               # 0 = config.train.seq_len
+  c.dropout_rate = 0.0
+  c.tie_embeddings = True
+  c.attention_impl = "plain"  # "plain" | "blockwise" | "jax"
+  c.attention_block_size = 128
+  c.dtype = "float32"         # compute dtype; params stay float32
+  c.remat = "none"            # "none" | "full" | "dots"
+  c.rope_base = 10000.0
+  return c
+
+
+def validate_model(c: ml_collections.ConfigDict, seq_len: int) -> None:
+  """Shape and enum checks with config key names, before anything compiles."""
+  check_enum("model.style", c.style, ("gpt2", "llama"))
+  check_enum("model.attention_impl", c.attention_impl, ("plain", "blockwise", "jax"))
+  check_enum("model.dtype", c.dtype, DTYPES)
+  check_enum("model.remat", c.remat, ("none", "full", "dots"))
+  for k in ("num_layers", "d_model", "num_heads", "d_ff"):
+    check_positive(f"model.{k}", c[k])
+  check_divides("config.model.num_heads", c.num_heads, "config.model.d_model", c.d_model,
+                "choose a head count that divides the width")
+  if c.num_kv_heads:
+    check_divides("config.model.num_kv_heads", c.num_kv_heads, "config.model.num_heads",
+                  c.num_heads, "GQA needs whole groups of query heads")
+  if c.max_len and c.max_len < seq_len:
+    raise ConfigError(f"config.model.max_len={c.max_len} is shorter than "
+                      f"config.train.seq_len={seq_len}; raise max_len or set it to 0.")
+  if seq_len < 2:
+    raise ConfigError(f"config.train.seq_len={seq_len} must be >= 2.")
+
+
+def make_gpt_config(c: ml_collections.ConfigDict, vocab_size: int, seq_len: int) -> GPTConfig:
+  """GPTConfig from `config.model` (after validate_model)."""
+  return GPTConfig(
+      vocab_size=vocab_size, max_len=c.max_len or seq_len, num_layers=c.num_layers,
+      d_model=c.d_model, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads or None,
+      d_ff=c.d_ff, style=c.style, rope_base=c.rope_base, tie_embeddings=c.tie_embeddings,
+      dropout_rate=c.dropout_rate, attention_impl=c.attention_impl,
+      attention_block_size=c.attention_block_size, dtype=c.dtype, remat=c.remat)
+
+
+def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
+  """Builds (task, model, tokenizer) for causal-LM pretraining.
+
+  The tokenizer used is copied to workdir/tokenizer.model so every run records it.
+  """
+  tc = config.train
+  validate_model(config.model, tc.seq_len)
+  data_lib.validate_config(config.data)
+  tokenizer = data_lib.get_tokenizer(config.data)
+  if workdir:
+    os.makedirs(workdir, exist_ok=True)
+    dest = os.path.join(workdir, "tokenizer.model")
+    if os.path.abspath(tokenizer.path) != os.path.abspath(dest):
+      shutil.copyfile(tokenizer.path, dest)
+  cfg = make_gpt_config(config.model, tokenizer.vocab_size, tc.seq_len)
+  model = GPT(cfg)
+  import jax
+  batches = data_lib.lm_batches(
+      config.data, tokenizer, batch_size=local_batch_size(tc), seq_len=tc.seq_len,
+      shard_index=jax.process_index(), shard_count=jax.process_count(), seed=config.seed)
+  deterministic = cfg.dropout_rate == 0.0
+  z_loss = config.get("z_loss", 0.0)
+
+  def init_params(rng):
+    return model.init({"params": rng}, jnp.zeros((1, tc.seq_len), jnp.int32))["params"]
+
+  def loss_fn(params, batch, rng):
+    logits = model.apply({"params": params}, batch["inputs"], positions=batch["positions"],
+                         segment_ids=batch["segment_ids"], deterministic=deterministic,
+                         rngs={"dropout": rng})
+    return causal_lm_loss(logits, batch["targets"], batch["weights"], z_loss)
+
+  tokens = tc.global_batch_size * tc.seq_len
+  task = Task(init_params=init_params, loss_fn=loss_fn, data=batches,
+              tokens_per_step=tokens, flops_per_step=flops_per_token(cfg, tc.seq_len) * tokens)
+  return task, model, tokenizer
+
+
+def describe(model: GPT) -> str:
+  """One line with the model's size (for logs)."""
+  n = count_params_from_config(model.config)
+  return (f"GPT {model.config.style}: {n['total'] / 1e6:.2f}M params "
+          f"({n['non_embedding'] / 1e6:.2f}M non-embedding)")
