@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.11,<4",
     "tensorboardX>=2.6.5,<3",
     "safetensors>=0.8,<0.9",
+    "importlib_resources>=6",  # tfds needs it to prepare registered TFDS datasets
 ]
 
 EXTRAS = {

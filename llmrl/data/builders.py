@@ -1,0 +1,242 @@
+"""TFDS builders (array_record, no TensorFlow) for the builtin datasets, and opening splits.
+
+`synthetic_world` and `text_files` are `tfds.core.GeneratorBasedBuilder`s
+written with `file_format="array_record"` into `cache_dir/tfds`. TFDS writes
+into an `incomplete.*` directory and renames it when done, so a half-written
+dataset never looks complete; an exclusive file lock in `cache_dir/locks`
+makes two processes that race to prepare the same dataset wait for each other
+(the second one then reuses the result). Any other name goes to
+`tfds.data_source(name)` (downloaded by TFDS, needs network the first time;
+not tested offline).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import time
+from typing import Iterator, Sequence
+
+import numpy as np
+from etils import epath
+import tensorflow_datasets as tfds
+
+from llmrl.data import config as config_lib
+from llmrl.data import documents, textfiles, world
+from llmrl.data.config import DataConfigError
+
+_FEATURES = {"text": tfds.features.Text(), "kind": tfds.features.Text()}
+# TFDS warnings that are expected for builders with per-config names.
+_QUIET = ("Using custom data configuration", "has no dataset_info.json")
+
+
+class _QuietFilter(logging.Filter):
+  """Drops the expected TFDS warnings above from the absl logger."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not any(q in record.getMessage() for q in _QUIET)
+
+
+logging.getLogger("absl").addFilter(_QuietFilter())
+
+
+class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base of the builtin builders: no downloads, no checksum files.
+
+  `code_path` is overridden because TFDS' default needs the optional
+  `importlib_resources` package (an etils[epath] extra) to locate the file.
+  """
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    return epath.Path(__file__)
+
+
+@contextlib.contextmanager
+def file_lock(path: str) -> Iterator[None]:
+  """Holds an exclusive lock on `path` (created if missing) for the with-block."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "a+") as f:
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+@dataclasses.dataclass
+class WorldConfig(tfds.core.BuilderConfig):
+  """Builder config of one generated world (seed and number of people)."""
+
+  world_seed: int = 0
+  num_people: int = 48
+
+
+class SyntheticWorld(_LocalBuilder):
+  """The generated fictional world: facts in paraphrases, arithmetic, lists, stories.
+
+  Bump VERSION whenever world.py or documents.py change the generated text:
+  prepared copies, tokenizers and token caches are keyed by it.
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "pretrain and validation splits."}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+      description="Deterministic generated world (see llmrl/data/world.py).",
+      features=tfds.features.FeaturesDict(_FEATURES),
+    )
+
+  def _split_generators(self, dl_manager):
+    w = world.build_world(self.builder_config.world_seed, self.builder_config.num_people)
+    return {split: self._generate_examples(w, split) for split in ("pretrain", "validation")}
+
+  def _generate_examples(self, w, split):
+    for i, (kind, text) in enumerate(documents.pretrain_documents(w, split)):
+      yield f"{split}-{i:09d}", {"text": text, "kind": kind}
+
+
+@dataclasses.dataclass
+class TextFilesConfig(tfds.core.BuilderConfig):
+  """Builder config of a set of local text files (the name is their fingerprint)."""
+
+  files: tuple[str, ...] = ()
+  text_key: str = "text"
+  validation_fraction: float = 0.02
+  skip_bad_utf8: bool = False
+
+
+class TextFiles(_LocalBuilder):
+  """Local .txt / .jsonl files split deterministically into train and validation."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "train and validation splits."}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+      description="Local text files (see llmrl/data/textfiles.py).",
+      features=tfds.features.FeaturesDict(_FEATURES),
+    )
+
+  def _split_generators(self, dl_manager):
+    c = self.builder_config
+    docs = textfiles.split_documents(
+      list(c.files), c.text_key, c.skip_bad_utf8, c.validation_fraction
+    )
+    return {split: self._generate_examples(split, d) for split, d in docs.items() if d}
+
+  def _generate_examples(self, split, docs):
+    for i, text in enumerate(docs):
+      yield f"{split}-{i:09d}", {"text": text, "kind": "text"}
+
+
+@dataclasses.dataclass
+class DocSource:
+  """Random access to the texts of one prepared split.
+
+  `key` names the dataset version and config; tokenizers and token caches
+  derived from this split are stored under it.
+  """
+
+  key: str
+  split: str
+  source: Sequence
+  text_key: str = "text"
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def texts(self, start: int = 0, stop: int | None = None, chunk: int = 4096) -> Iterator[str]:
+    """Yields the texts of records start..stop in order (read in chunks)."""
+    stop = len(self) if stop is None else min(stop, len(self))
+    for lo in range(start, stop, chunk):
+      idx = list(range(lo, min(lo + chunk, stop)))
+      getitems = getattr(self.source, "__getitems__", None)
+      records = getitems(idx) if getitems else [self.source[i] for i in idx]
+      for r in records:
+        if isinstance(r, dict) and self.text_key not in r:
+          raise DataConfigError(
+            f"{self.key}/{self.split} has no feature {self.text_key!r}; set "
+            f"config.data.text_key to one of {sorted(r)}"
+          )
+        value = r[self.text_key] if isinstance(r, dict) else r
+        if isinstance(value, np.ndarray):
+          value = value.item()
+        yield value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _builder(cfg) -> tfds.core.GeneratorBasedBuilder:
+  data_dir = os.path.join(os.path.expanduser(cfg.cache_dir), "tfds")
+  if cfg.name == "synthetic_world":
+    n = config_lib.world_num_people(cfg.world_size)
+    bc = WorldConfig(
+      name=f"seed{cfg.world_seed}_people{n}", world_seed=cfg.world_seed, num_people=n
+    )
+    return SyntheticWorld(config=bc, data_dir=data_dir, file_format="array_record")
+  paths = config_lib.split_files(cfg.files)
+  fp = textfiles.fingerprint(paths, cfg.text_key, cfg.validation_fraction, cfg.skip_bad_utf8)
+  bc = TextFilesConfig(
+    name=f"files_{fp}",
+    files=tuple(paths),
+    text_key=cfg.text_key,
+    validation_fraction=cfg.validation_fraction,
+    skip_bad_utf8=cfg.skip_bad_utf8,
+  )
+  return TextFiles(config=bc, data_dir=data_dir, file_format="array_record")
+
+
+def prepare(cfg) -> tfds.core.GeneratorBasedBuilder:
+  """Prepares a builtin dataset once (locked, atomic) and returns its builder."""
+  builder = _builder(cfg)
+  lock = os.path.join(
+    os.path.expanduser(cfg.cache_dir), "locks", f"{builder.name}-{builder.builder_config.name}.lock"
+  )
+  with file_lock(lock):
+    builder = _builder(cfg)  # Re-read: another process may have finished meanwhile.
+    if not builder.is_prepared():
+      start = time.time()
+      print(
+        f"[llmrl.data] preparing {builder.name}/{builder.builder_config.name} "
+        f"in {builder.data_dir} ...",
+        flush=True,
+      )
+      bars = tfds.core.utils.tqdm_utils._active  # Restored below.
+      tfds.display_progress_bar(False)
+      try:
+        builder.download_and_prepare()
+      except OSError:
+        # Another host (without a shared lock) renamed its copy first.
+        builder = _builder(cfg)
+        if not builder.is_prepared():
+          raise
+      finally:
+        tfds.display_progress_bar(bars)
+      print(f"[llmrl.data] prepared {builder.name} in {time.time() - start:.1f}s", flush=True)
+  return builder
+
+
+def open_split(cfg, split: str | None = None) -> DocSource:
+  """Prepares (if needed) and opens a split of the configured dataset as a DocSource."""
+  split = split or cfg.split
+  if cfg.name in ("synthetic_world", "text_files"):
+    if cfg.name == "text_files" and split == "pretrain":
+      split = "train"
+    builder = prepare(cfg)
+    if split not in builder.info.splits:
+      raise DataConfigError(
+        f"config.data.split={split!r}: {cfg.name} has no documents in "
+        f"that split; use one of {list(builder.info.splits)}"
+      )
+    key = f"{builder.name}-{builder.builder_config.name}-v{builder.version}"
+    return DocSource(key, split, builder.as_data_source(split=split))
+  if split == "pretrain":
+    split = "train"
+  data_dir = os.path.join(os.path.expanduser(cfg.cache_dir), "tfds")
+  source = tfds.data_source(cfg.name, split=split, data_dir=data_dir, download=True)
+  key = cfg.name.replace("/", "_").replace(":", "-")
+  return DocSource(key, split, source, text_key=cfg.text_key)
