@@ -15,7 +15,7 @@ def main(config, workdir):
   task, model, _ = lm.make_task(config, workdir)
   log = logging.getLogger("llmrl")
   log.info(lm.describe(model))
-  final = trainer.train(config, workdir, task, mesh=mesh)
+  final = trainer.train(config, workdir, task, mesh=mesh).metrics
   log.info("final: %s", {k: round(v, 4) for k, v in final.items()})
 
 

@@ -18,7 +18,7 @@ def run(workdir, steps, data=None, checkpoint_every=2):
   c.train.checkpoint_every = checkpoint_every
   mesh = mesh_lib.make_mesh(c.mesh, devices=jax.devices()[:1])
   task = gpt_task(tiny_gpt(), data or RandomTokens(4, 8, 64))
-  return trainer.train(c, str(workdir), task, mesh=mesh)
+  return trainer.train(c, str(workdir), task, mesh=mesh).metrics
 
 
 def test_nan_stops_run_and_keeps_last_good_checkpoint(tmp_path):

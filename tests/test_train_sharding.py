@@ -61,3 +61,18 @@ def test_params_are_initialised_sharded(tmp_path):
       jax.random.PRNGKey(0))
   shard_shapes = {s.data.shape for s in params["embed"]["embedding"].addressable_shards}
   assert shard_shapes == {(64, 32 // 8)}
+
+
+def test_bf16_compute_keeps_fp32_params(tmp_path):
+  c = engine_config(2, BATCH, data=2)
+  mesh = mesh_lib.make_mesh(c.mesh, devices=jax.devices()[:2])
+  task = gpt_task(tiny_gpt(dtype="bfloat16"), RandomTokens(BATCH, SEQ, 64))
+  result = trainer.train(c, str(tmp_path), task, mesh=mesh)
+  dtypes = {p.dtype for p in jax.tree.leaves(result.state.params)}
+  assert dtypes == {np.dtype("float32")}
+  assert np.isfinite(result.metrics["train/loss"])
+  # bf16 logits change the loss only slightly relative to fp32 compute.
+  ref = trainer.train(c, str(tmp_path / "fp32"), gpt_task(tiny_gpt(), RandomTokens(BATCH, SEQ, 64)),
+                      mesh=mesh).metrics
+  assert abs(result.metrics["train/loss"] - ref["train/loss"]) < 0.05
+  assert result.metrics["train/loss"] != ref["train/loss"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -27,6 +27,11 @@ from llmrl.train.optim import make_optimizer
 from llmrl.train.step import LossFn, TrainState, make_train_step
 
 log = logging.getLogger("llmrl")
+
+
+class TrainResult(NamedTuple):
+  state: TrainState   # final (sharded) train state
+  metrics: dict       # last logged metrics as host floats, with "step"
 
 
 class NonFiniteError(RuntimeError):
@@ -92,11 +97,8 @@ def _first_nonfinite(metrics: dict) -> str:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, task: Task,
-          *, mesh=None, stream=None) -> dict:
-  """Trains `task` for config.train.steps, resuming from workdir if possible.
-
-  Returns the last logged metrics (host floats).
-  """
+          *, mesh=None, stream=None) -> TrainResult:
+  """Trains `task` for config.train.steps, resuming from workdir if possible."""
   tc = config.train
   mesh = mesh or mesh_lib.make_mesh(config.mesh)
   validate(tc, mesh)
@@ -175,7 +177,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task,
   finally:
     ckpt.close()
     writer.close()
-  return last
+  return TrainResult(state, last)
 
 
 def _flush(pending, writer, progress, ckpt) -> dict:
