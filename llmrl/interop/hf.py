@@ -1,0 +1,205 @@
+"""Hugging Face transformers checkpoints <-> llmrl models.
+
+    model, params = hf.load("path/to/hf_checkpoint")     # config.json + *.safetensors
+    logits = model.apply({"params": params}, input_ids)  # [batch, length, vocab]
+    hf.save(model, params, "out_dir")  # then AutoModelForCausalLM.from_pretrained("out_dir")
+
+Supported `model_type`s are the keys of `CONVERTERS` (gpt2, llama). Encoder
+and encoder-decoder families (BERT, T5) plug in by adding a converter here.
+Tensors are read with `safetensors.numpy`, so loading needs no torch.
+"""
+
+import json
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from safetensors.numpy import load_file, save_file
+
+from llmrl.interop.hf_decoders import GPT2, LLAMA, Converter, is_ignored, normalize_keys
+from llmrl.models.gpt import GPT, GPTConfig
+
+CONVERTERS = {"gpt2": GPT2, "llama": LLAMA}
+_SUPPORTED = ", ".join(sorted(CONVERTERS))
+
+
+def _fail(path, msg: str):
+  raise ValueError(f"{path}: {msg}")
+
+
+def _read_config(path: str) -> dict:
+  file = os.path.join(path, "config.json")
+  if not os.path.isfile(file):
+    _fail(
+      path, "no config.json; expected a Hugging Face checkpoint folder (save_pretrained output)"
+    )
+  with open(file) as f:
+    return json.load(f)
+
+
+def _converter(path: str, hf_config: dict) -> Converter:
+  model_type = hf_config.get("model_type")
+  if model_type not in CONVERTERS:
+    arch = hf_config.get("architectures")
+    _fail(
+      path,
+      f"model_type {model_type!r} (architectures {arch}) is not supported by llmrl.interop.hf; "
+      f"supported model_types: {_SUPPORTED}",
+    )
+  return CONVERTERS[model_type]
+
+
+def read_tensors(path: str) -> dict:
+  """All tensors of a checkpoint folder as numpy arrays (single file or sharded index)."""
+  index = os.path.join(path, "model.safetensors.index.json")
+  single = os.path.join(path, "model.safetensors")
+  if os.path.isfile(index):
+    with open(index) as f:
+      files = sorted(set(json.load(f)["weight_map"].values()))
+  elif os.path.isfile(single):
+    files = ["model.safetensors"]
+  else:
+    _fail(
+      path,
+      f"no model.safetensors or model.safetensors.index.json (found {sorted(os.listdir(path))}); "
+      "llmrl reads safetensors only: re-save with save_pretrained(path, safe_serialization=True)",
+    )
+  tensors = {}
+  for name in files:
+    file = os.path.join(path, name)
+    if not os.path.isfile(file):
+      _fail(path, f"shard {name} listed in model.safetensors.index.json is missing")
+    tensors.update(load_file(file))
+  return tensors
+
+
+def _set(tree: dict, path, value):
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def _get(tree: dict, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _param_shapes(cfg: GPTConfig) -> dict:
+  """{path tuple: shape} of GPT(cfg)'s params, without materialising them."""
+  ids = jnp.zeros((1, 1), jnp.int32)
+  tree = nn.unbox(jax.eval_shape(GPT(cfg).init, {"params": jax.random.key(0)}, ids))["params"]
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  return {tuple(k.key for k in p): tuple(s.shape) for p, s in leaves}
+
+
+def _preview(keys, n=8) -> str:
+  keys = sorted(keys)
+  return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def load(path: str, *, adapter: Optional[str] = None, **config_overrides):
+  """Load an HF checkpoint folder as (GPT model, params).
+
+  config_overrides replace GPTConfig fields after conversion (e.g.
+  dtype=jnp.bfloat16, attention_impl="jax", remat="full"). Params are plain
+  (unboxed) nested dicts in `param_dtype` (float32 by default).
+  """
+  path = os.fspath(path)
+  if adapter is not None:
+    raise NotImplementedError(
+      "llmrl.interop.hf.load(adapter=...) (peft LoRA) is not implemented yet"
+    )
+  hf_config = _read_config(path)
+  converter = _converter(path, hf_config)
+  try:
+    cfg = GPTConfig(**{**converter.config_from_hf(hf_config), **config_overrides})
+  except (KeyError, ValueError, TypeError) as e:
+    _fail(path, f"cannot convert {hf_config.get('model_type')} config.json: {e}")
+  tensors = normalize_keys(hf_config["model_type"], read_tensors(path))
+  entries = converter.entries(cfg)
+  wanted = {e.hf_key for e in entries}
+  missing = wanted - set(tensors)
+  if missing:
+    _fail(path, f"missing tensors for {converter.architecture}: {_preview(missing)}")
+  extra = {k for k in tensors if k not in wanted and not is_ignored(converter, k)}
+  if cfg.tie_embeddings:
+    extra.discard("lm_head.weight")  # some tied checkpoints store the shared matrix twice
+  if extra:
+    _fail(
+      path,
+      f"unexpected tensors (not part of {converter.architecture} as configured): {_preview(extra)}",
+    )
+
+  shapes = _param_shapes(cfg)
+  params = {}
+  for e in entries:
+    x = tensors[e.hf_key]
+    try:
+      values = e.to_ours(np.asarray(x))
+    except ValueError as err:
+      _fail(path, f"tensor {e.hf_key} has shape {x.shape}, which does not fit the config: {err}")
+    for p, v in zip(e.paths, values):
+      if tuple(v.shape) != shapes[p]:
+        _fail(path, f"tensor {e.hf_key} has shape {x.shape}; param {'/'.join(p)} needs {shapes[p]}")
+      _set(params, p, jnp.asarray(v, cfg.param_dtype))
+  return GPT(cfg), params
+
+
+def _choose_type(cfg: GPTConfig) -> str:
+  reasons = []
+  for model_type, converter in CONVERTERS.items():
+    why = converter.why_not(cfg)
+    if why is None:
+      return model_type
+    reasons.append(f"{model_type}: {why}")
+  raise ValueError(
+    f"GPTConfig cannot be written as a Hugging Face checkpoint ({'; '.join(reasons)})"
+  )
+
+
+def save(model: GPT, params, path: str, extra_config: Optional[dict] = None) -> None:
+  """Write config.json + model.safetensors for `transformers.AutoModelForCausalLM`.
+
+  extra_config entries (e.g. bos_token_id, eos_token_id) are merged into config.json.
+  """
+  path = os.fspath(path)
+  cfg = model.config
+  model_type = _choose_type(cfg)
+  converter = CONVERTERS[model_type]
+  params = nn.unbox(params)
+  params = params.get("params", params)
+  shapes = _param_shapes(cfg)
+  tensors, used = {}, set()
+  for e in converter.entries(cfg):
+    try:
+      values = tuple(np.asarray(_get(params, p), np.float32) for p in e.paths)
+    except KeyError:
+      raise ValueError(
+        f"params lack {['/'.join(p) for p in e.paths]} needed for {e.hf_key}"
+      ) from None
+    for p, v in zip(e.paths, values):
+      if tuple(v.shape) != shapes[p]:
+        raise ValueError(f"param {'/'.join(p)} has shape {v.shape}, config needs {shapes[p]}")
+    used.update(e.paths)
+    tensors[e.hf_key] = np.ascontiguousarray(e.to_hf(values))
+  leftover = set(shapes) - used
+  if leftover:
+    raise ValueError(
+      f"params {_preview('/'.join(p) for p in leftover)} have no {model_type} equivalent"
+    )
+  hf_config = dict(
+    model_type=model_type,
+    architectures=[converter.architecture],
+    dtype="float32",
+    torch_dtype="float32",
+    **converter.config_to_hf(cfg),
+  )
+  hf_config.update(extra_config or {})
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(hf_config, f, indent=2, sort_keys=True)
+  save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})

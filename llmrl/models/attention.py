@@ -1,0 +1,252 @@
+"""Multi-head attention (MHA / MQA / GQA) with RoPE, segment masks and a KV cache.
+
+Three interchangeable kernels compute softmax(q k^T / sqrt(d)) v, selected by
+`impl`:
+
+* "plain":     einsum + softmax; materialises the [lq, lk] score matrix.
+* "blockwise": pure-JAX memory-efficient attention: `lax.scan` over key blocks
+               with an online (flash-style) softmax; the scan body is
+               rematerialised so the backward pass never holds the full score
+               matrix either.
+* "jax":       `jax.nn.dot_product_attention` (cuDNN flash attention on GPU,
+               XLA elsewhere).
+
+Scores and softmax are always float32, whatever the compute dtype.
+
+Masking is described by token indices and segment ids rather than by a dense
+mask, so every kernel builds exactly the part of the mask it needs: key j is
+visible to query i iff (not causal or k_index[j] <= q_index[i]) and
+q_segment[i] == k_segment[j]. Segment id 0 marks padding; padding tokens only
+see other padding tokens (and always themselves), so no row is ever empty.
+"""
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from llmrl.models.layers import Dense, apply_rope
+
+ATTENTION_IMPLS = ("plain", "blockwise", "jax")
+_NEG = -1e30  # finite "minus infinity" for masked scores (float32)
+
+
+def make_mask(q_index, k_index, q_segment, k_segment, causal: bool):
+  """Boolean visibility mask [batch or 1, 1, lq, lk] (True = may attend).
+
+  q_index: [lq] or [batch, lq] absolute token indices; k_index: [lk].
+  q_segment: [batch, lq] or None; k_segment: [batch, lk] or None.
+  """
+  q_index = jnp.atleast_2d(q_index)  # [b|1, lq]
+  mask = jnp.ones((1, q_index.shape[-1], k_index.shape[-1]), bool)  # [1, lq, lk]
+  if causal:
+    mask = k_index[None, None, :] <= q_index[:, :, None]  # [b|1, lq, lk]
+  if q_segment is not None:
+    same = q_segment[:, :, None] == k_segment[:, None, :]  # [b, lq, lk]
+    mask = mask & same
+  return mask[:, None]  # [b|1, 1, lq, lk]
+
+
+def _group(q, num_kv_heads: int):
+  """Split query heads into (kv_head, group) so GQA never copies k/v."""
+  b, lq, h, d = q.shape
+  return q.reshape(b, lq, num_kv_heads, h // num_kv_heads, d)  # [b, lq, kvh, g, d]
+
+
+def plain_attention(q, k, v, mask):
+  """Reference einsum attention. q [b,lq,h,d], k/v [b,lk,kvh,d], mask [b|1,1,lq,lk]."""
+  b, lq, h, d = q.shape
+  qg = _group(q, k.shape[2])  # [b, lq, kvh, g, d]
+  scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32)
+  scores = scores * (d**-0.5)  # [b, kvh, g, lq, lk] float32
+  scores = jnp.where(mask[:, :, None], scores, _NEG)  # mask: [b|1, 1, 1, lq, lk]
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)  # [b, lq, kvh, g, d]
+  return out.reshape(b, lq, h, d)  # [b, lq, h, d]
+
+
+def blockwise_attention(q, k, v, q_index, k_index, q_segment, k_segment, causal, block_size):
+  """Memory-efficient attention: online softmax over key blocks (lax.scan).
+
+  Peak memory is O(lq * block_size) per head instead of O(lq * lk). The scan
+  body is wrapped in `jax.checkpoint`, so gradients recompute block scores
+  rather than storing them.
+  """
+  b, lq, h, d = q.shape
+  lk, kvh = k.shape[1], k.shape[2]
+  blk = min(block_size, lk)
+  nblk = -(-lk // blk)
+  pad = nblk * blk - lk
+  valid = jnp.arange(nblk * blk) < lk  # [lk_pad]
+  k_index = jnp.pad(k_index, (0, pad))  # [lk_pad]
+  k = jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0)))  # [b, lk_pad, kvh, d]
+  v = jnp.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0)))  # [b, lk_pad, kvh, d]
+  if k_segment is None:
+    k_segment = jnp.zeros((b, lk), jnp.int32)
+    q_segment_ = jnp.zeros((b, lq), jnp.int32)
+  else:
+    q_segment_ = q_segment
+  k_segment = jnp.pad(k_segment, ((0, 0), (0, pad)))  # [b, lk_pad]
+
+  def blocks(x):  # [b, lk_pad, ...] -> [nblk, b, blk, ...]
+    return jnp.moveaxis(x.reshape(b, nblk, blk, *x.shape[2:]), 1, 0)
+
+  xs = (
+    blocks(k),  # [nblk, b, blk, kvh, d]
+    blocks(v),  # [nblk, b, blk, kvh, d]
+    k_index.reshape(nblk, blk),  # [nblk, blk]
+    valid.reshape(nblk, blk),  # [nblk, blk]
+    blocks(k_segment),  # [nblk, b, blk]
+  )
+  qg = _group(q, kvh) * jnp.asarray(d**-0.5, q.dtype)  # [b, lq, kvh, g, d]
+
+  @jax.checkpoint
+  def body(carry, x):
+    m, l, acc = carry  # [b,kvh,g,lq], [b,kvh,g,lq], [b,kvh,g,lq,d] float32
+    kb, vb, kib, vab, ksb = x
+    s = jnp.einsum("bqkgd,bskd->bkgqs", qg, kb, preferred_element_type=jnp.float32)
+    mask = make_mask(q_index, kib, q_segment_, ksb, causal)  # [b|1, 1, lq, blk]
+    mask = (mask & vab[None, None, None, :])[:, :, None]  # [b|1, 1, 1, lq, blk]
+    s = jnp.where(mask, s, _NEG)  # [b, kvh, g, lq, blk]
+    m_new = jnp.maximum(m, s.max(-1))
+    p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)  # [b, kvh, g, lq, blk]
+    alpha = jnp.exp(m - m_new)
+    l = alpha * l + p.sum(-1)
+    pv = jnp.einsum("bkgqs,bskd->bkgqd", p.astype(vb.dtype), vb, preferred_element_type=jnp.float32)
+    acc = alpha[..., None] * acc + pv  # [b, kvh, g, lq, d]
+    return (m_new, l, acc), None
+
+  g = h // kvh
+  init = (
+    jnp.full((b, kvh, g, lq), _NEG, jnp.float32),
+    jnp.zeros((b, kvh, g, lq), jnp.float32),
+    jnp.zeros((b, kvh, g, lq, d), jnp.float32),
+  )
+  (_, l, acc), _ = jax.lax.scan(body, init, xs)
+  out = acc / jnp.where(l == 0.0, 1.0, l)[..., None]  # [b, kvh, g, lq, d]
+  out = jnp.transpose(out, (0, 3, 1, 2, 4))  # [b, lq, kvh, g, d]
+  return out.reshape(b, lq, h, d).astype(v.dtype)  # [b, lq, h, d]
+
+
+def jax_attention(q, k, v, mask, causal_only: bool):
+  """`jax.nn.dot_product_attention`; pure causal masks use `is_causal` (cuDNN fast path)."""
+  if causal_only:
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask)  # mask [b|1, 1, lq, lk]
+
+
+def attend(q, k, v, q_index, k_index, q_segment, k_segment, *, causal, impl, block_size):
+  """Dispatch to one of the kernels; all return [batch, lq, heads, head_dim]."""
+  if impl == "blockwise":
+    return blockwise_attention(q, k, v, q_index, k_index, q_segment, k_segment, causal, block_size)
+  mask = make_mask(q_index, k_index, q_segment, k_segment, causal)
+  if impl == "plain":
+    return plain_attention(q, k, v, mask)
+  if impl == "jax":
+    causal_only = causal and q_segment is None and q.shape[1] == k.shape[1]
+    return jax_attention(q, k, v, mask, causal_only)
+  raise ValueError(f"attention_impl={impl!r} is not one of {ATTENTION_IMPLS}")
+
+
+class Attention(nn.Module):
+  """Self-attention with separate q/k/v kernels [embed, heads, head_dim].
+
+  In `decode` mode keys/values are written into a preallocated cache
+  (collection "cache": cached_key/cached_value [batch, max_len, kv_heads,
+  head_dim], cached_segment [batch, max_len], cache_index []) at
+  cache_index, and the queries attend over the whole cache. A call may
+  carry one token or a whole prompt chunk (prefill). The first call (during
+  `init`) only creates the cache.
+  """
+
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  max_len: int
+  use_bias: bool = False
+  rope_base: Optional[float] = None  # None: no rotary embedding
+  causal: bool = True
+  impl: str = "plain"
+  block_size: int = 128
+  decode: bool = False
+  init_std: float = 0.02
+  out_init_std: float = 0.02
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def _proj(self, heads, heads_axis, name):
+    return Dense(
+      features=(heads, self.head_dim),
+      kernel_axes=("embed", heads_axis, "head_dim"),
+      use_bias=self.use_bias,
+      init_std=self.init_std,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name=name,
+    )
+
+  @nn.compact
+  def __call__(self, x, positions, segment_ids=None):
+    """x [batch, length, embed], positions [batch, length] -> [batch, length, embed]."""
+    b, length, _ = x.shape
+    q = self._proj(self.num_heads, "heads", "query")(x)  # [b, l, h, d]
+    k = self._proj(self.num_kv_heads, "kv_heads", "key")(x)  # [b, l, kvh, d]
+    v = self._proj(self.num_kv_heads, "kv_heads", "value")(x)  # [b, l, kvh, d]
+    if self.rope_base is not None:
+      q = apply_rope(q, positions, self.rope_base)
+      k = apply_rope(k, positions, self.rope_base)
+    q = nn.with_logical_constraint(q, ("act_batch", "act_length", "act_heads", "act_head_dim"))
+    k = nn.with_logical_constraint(k, ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
+    v = nn.with_logical_constraint(v, ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
+
+    q_index = jnp.arange(length)  # [l]
+    k_index = jnp.arange(length)  # [l]
+    q_seg, k_seg = segment_ids, segment_ids
+    if self.decode:
+      q_index, k_index, k, v, q_seg, k_seg = self._update_cache(k, v, segment_ids)
+
+    out = attend(
+      q,
+      k,
+      v,
+      q_index,
+      k_index,
+      q_seg,
+      k_seg,
+      causal=self.causal,
+      impl=self.impl,
+      block_size=self.block_size,
+    )  # [b, l, h, d]
+    return Dense(
+      features=x.shape[-1],
+      in_axes=2,
+      kernel_axes=("heads", "head_dim", "embed"),
+      use_bias=self.use_bias,
+      init_std=self.out_init_std,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="out",
+    )(out)  # [b, l, embed]
+
+  def _update_cache(self, k, v, segment_ids):
+    """Write this chunk's k/v at cache_index; return what the queries attend over."""
+    b, length = k.shape[:2]
+    if segment_ids is None:
+      segment_ids = jnp.ones((b, length), jnp.int32)
+    initialized = self.has_variable("cache", "cached_key")
+    shape = (b, self.max_len, self.num_kv_heads, self.head_dim)
+    ck = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
+    cv = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
+    cs = self.variable("cache", "cached_segment", jnp.zeros, (b, self.max_len), jnp.int32)
+    ci = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    q_index = jnp.arange(length)
+    if not initialized:  # init: create the cache, attend within the chunk
+      return q_index, q_index, k, v, segment_ids, segment_ids
+    i = ci.value
+    ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, i, 0, 0))
+    cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, i, 0, 0))
+    cs.value = jax.lax.dynamic_update_slice(cs.value, segment_ids.astype(jnp.int32), (0, i))
+    ci.value = i + length
+    k_index = jnp.arange(self.max_len)  # [max_len]
+    return i + q_index, k_index, ck.value, cv.value, segment_ids, cs.value

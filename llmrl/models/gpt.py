@@ -1,0 +1,318 @@
+"""Decoder-only transformer (GPT-2 and Llama families) as a pure linen module.
+
+    cfg = GPTConfig(vocab_size=256, max_len=64, num_layers=2, d_model=64,
+                    num_heads=4, d_ff=256, style="llama")
+    model = GPT(cfg)
+    params = nn.unbox(model.init({"params": key}, jnp.zeros((1, 8), jnp.int32)))["params"]
+    logits = model.apply({"params": params}, input_ids)          # [b, l, vocab]
+    logits, hidden = model.apply({"params": params}, input_ids, return_hidden=True)
+    hidden = model.apply({"params": params}, input_ids, method=GPT.hidden_states)
+
+Packed sequences: pass `segment_ids` [b, l] (0 = padding) and per-token
+`positions`; attention is then block-diagonal causal within segments.
+Incremental decoding: `GPT(cfg.replace(decode=True))`, a cache from
+`init_cache(cfg, batch)`, and `apply(..., mutable=["cache"])` per chunk.
+"""
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from llmrl.models.attention import ATTENTION_IMPLS, Attention
+from llmrl.models.layers import MLP, MLPS, NORMS, Dense, Embed, PositionEmbed, make_norm
+
+STYLES = ("gpt2", "llama")
+POSITION_EMBEDDINGS = ("learned", "rope", "none")
+REMAT = ("none", "full", "dots")
+_STYLE_DEFAULTS = {  # norm, mlp, position_embedding, use_bias
+  "gpt2": ("layernorm", "gelu", "learned", True),
+  "llama": ("rmsnorm", "swiglu", "rope", False),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+  """Hyperparameters of a decoder-only transformer (frozen; use `.replace`)."""
+
+  # Vocabulary size (rows of the token embedding and columns of the logits).
+  vocab_size: int = 256
+  # Longest sequence: learned position table rows and KV-cache length.
+  max_len: int = 128
+  # Number of transformer blocks.
+  num_layers: int = 2
+  # Residual stream width.
+  d_model: int = 64
+  # Query heads.
+  num_heads: int = 4
+  # Key/value heads: None = num_heads (MHA), 1 = MQA, otherwise GQA.
+  num_kv_heads: Optional[int] = None
+  # Per-head width: None = d_model // num_heads.
+  head_dim: Optional[int] = None
+  # Hidden width of the MLP (per branch for gated MLPs).
+  d_ff: int = 256
+  # "gpt2": learned positions, LayerNorm, GELU(tanh), biases;
+  # "llama": RoPE, RMSNorm, SwiGLU, no biases.
+  style: str = "gpt2"
+  # Overrides of the style's parts (None = the style's choice).
+  norm: Optional[str] = None  # "layernorm" | "rmsnorm"
+  mlp: Optional[str] = None  # "gelu" (tanh) | "gelu_exact" | "relu" | "swiglu" | "geglu"
+  position_embedding: Optional[str] = None  # "learned" | "rope" | "none"
+  use_bias: Optional[bool] = None  # biases in attention/MLP projections and LayerNorm
+  # RoPE base (theta).
+  rope_base: float = 10000.0
+  # Epsilon of LayerNorm / RMSNorm.
+  norm_eps: float = 1e-5
+  # Output logits use the token embedding (no separate lm_head).
+  tie_embeddings: bool = True
+  # Dropout on embeddings and on each residual branch (not attention probs).
+  dropout_rate: float = 0.0
+  # "plain" (einsum) | "blockwise" (pure-JAX flash-style) | "jax" (jax.nn.dot_product_attention).
+  attention_impl: str = "plain"
+  # Key block size of the blockwise kernel.
+  attention_block_size: int = 128
+  # Stddev of the normal initialiser (residual output projections are
+  # further scaled by 1/sqrt(2 * num_layers), as in GPT-2).
+  init_std: float = 0.02
+  # Compute dtype (e.g. jnp.bfloat16); strings like "bfloat16" are accepted.
+  dtype: Any = jnp.float32
+  # Parameter storage dtype.
+  param_dtype: Any = jnp.float32
+  # Rematerialisation of each block: "none" | "full" (save nothing) |
+  # "dots" (save weight matmuls, recompute attention and elementwise ops).
+  remat: str = "none"
+  # Incremental decoding with a KV cache (the "cache" collection).
+  decode: bool = False
+
+  def __post_init__(self):
+    object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
+    object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
+    self._validate()
+
+  def _validate(self):
+    def bad(msg):
+      raise ValueError(f"GPTConfig: {msg}")
+
+    if self.style not in STYLES:
+      bad(f"style={self.style!r} is not one of {STYLES}")
+    for field, value, allowed in (
+      ("norm", self.norm_type, NORMS),
+      ("mlp", self.mlp_type, MLPS),
+      ("position_embedding", self.position_type, POSITION_EMBEDDINGS),
+      ("attention_impl", self.attention_impl, ATTENTION_IMPLS),
+      ("remat", self.remat, REMAT),
+    ):
+      if value not in allowed:
+        bad(f"{field}={value!r} is not one of {allowed}")
+    if self.head_dim is None and self.d_model % self.num_heads:
+      bad(f"num_heads={self.num_heads} does not divide d_model={self.d_model}; set head_dim")
+    if self.num_heads % self.kv_heads:
+      bad(f"num_kv_heads={self.kv_heads} does not divide num_heads={self.num_heads}")
+    if self.position_type == "rope" and self.d_head % 2:
+      bad(f"RoPE needs an even head_dim, got {self.d_head}")
+    for field in (
+      "vocab_size",
+      "max_len",
+      "num_layers",
+      "d_model",
+      "num_heads",
+      "d_ff",
+      "attention_block_size",
+    ):
+      if getattr(self, field) <= 0:
+        bad(f"{field}={getattr(self, field)} must be positive")
+
+  def replace(self, **changes) -> "GPTConfig":
+    """A copy with some fields changed (e.g. `cfg.replace(decode=True)`)."""
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+  @property
+  def d_head(self) -> int:
+    return self.d_model // self.num_heads if self.head_dim is None else self.head_dim
+
+  @property
+  def d_attn(self) -> int:
+    """Width of the concatenated query heads (Kaplan's d_attn)."""
+    return self.num_heads * self.d_head
+
+  @property
+  def norm_type(self) -> str:
+    return self.norm or _STYLE_DEFAULTS[self.style][0]
+
+  @property
+  def mlp_type(self) -> str:
+    return self.mlp or _STYLE_DEFAULTS[self.style][1]
+
+  @property
+  def position_type(self) -> str:
+    return self.position_embedding or _STYLE_DEFAULTS[self.style][2]
+
+  @property
+  def has_bias(self) -> bool:
+    return _STYLE_DEFAULTS[self.style][3] if self.use_bias is None else self.use_bias
+
+
+_REMAT_POLICIES = {
+  "full": None,
+  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block: x + Attn(Norm(x)), then x + MLP(Norm(x))."""
+
+  config: GPTConfig
+
+  @nn.compact
+  def __call__(self, x, positions, segment_ids, deterministic: bool):
+    """x [batch, length, embed] -> [batch, length, embed]."""
+    cfg = self.config
+    out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
+    norm = lambda name: make_norm(
+      cfg.norm_type, cfg.norm_eps, cfg.has_bias, cfg.dtype, cfg.param_dtype, name
+    )  # noqa: E731
+    h = Attention(
+      num_heads=cfg.num_heads,
+      num_kv_heads=cfg.kv_heads,
+      head_dim=cfg.d_head,
+      max_len=cfg.max_len,
+      use_bias=cfg.has_bias,
+      rope_base=cfg.rope_base if cfg.position_type == "rope" else None,
+      impl=cfg.attention_impl,
+      block_size=cfg.attention_block_size,
+      decode=cfg.decode,
+      init_std=cfg.init_std,
+      out_init_std=out_std,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      name="attn",
+    )(norm("attn_norm")(x), positions, segment_ids)
+    x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    h = MLP(
+      d_ff=cfg.d_ff,
+      kind=cfg.mlp_type,
+      use_bias=cfg.has_bias,
+      init_std=cfg.init_std,
+      out_init_std=out_std,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      name="mlp",
+    )(norm("mlp_norm")(x))
+    x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
+
+
+class DecodeIndex(nn.Module):
+  """Running token index in decode mode: default positions for the next chunk."""
+
+  @nn.compact
+  def __call__(self, batch: int, length: int):
+    """-> positions [batch, length] = index + arange(length); advances the index."""
+    initialized = self.has_variable("cache", "index")
+    index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
+    start = index.value if initialized else 0
+    if initialized:
+      index.value = index.value + length
+    return jnp.broadcast_to(start + jnp.arange(length), (batch, length))
+
+
+class GPT(nn.Module):
+  """Decoder-only transformer language model.
+
+  Parameter tree: embed/embedding, pos_embed/embedding (learned positions),
+  layers_{i}/{attn_norm, attn/{query,key,value,out}, mlp_norm, mlp/{wi | wi_gate, wi_up}, wo},
+  final_norm, lm_head/kernel (untied only).
+  """
+
+  config: GPTConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embed = Embed(cfg.vocab_size, cfg.d_model, cfg.init_std, cfg.dtype, cfg.param_dtype)
+    if cfg.position_type == "learned":
+      self.pos_embed = PositionEmbed(
+        cfg.max_len, cfg.d_model, cfg.init_std, cfg.dtype, cfg.param_dtype
+      )
+    if cfg.decode:
+      self.decode_index = DecodeIndex()
+    block = Block
+    if cfg.remat != "none":
+      block = nn.remat(
+        Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=True, static_argnums=(4,)
+      )
+    self.layers = [block(cfg) for _ in range(cfg.num_layers)]
+    self.final_norm = make_norm(
+      cfg.norm_type, cfg.norm_eps, cfg.has_bias, cfg.dtype, cfg.param_dtype, None
+    )
+    if not cfg.tie_embeddings:
+      self.lm_head = Dense(
+        cfg.vocab_size,
+        ("embed", "vocab"),
+        init_std=cfg.init_std,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+      )
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+
+  def __call__(
+    self,
+    input_ids,
+    positions=None,
+    segment_ids=None,
+    deterministic: bool = True,
+    return_hidden: bool = False,
+  ):
+    """input_ids int [batch, length] -> logits [batch, length, vocab] (compute dtype).
+
+    positions [batch, length] default to arange per row (in decode mode: the
+    running cache index). segment_ids [batch, length] (0 = padding) make
+    attention block-diagonal causal. With `return_hidden`, returns
+    (logits, hidden) where hidden [batch, length, embed] is the output of
+    the final norm.
+    """
+    hidden = self.hidden_states(input_ids, positions, segment_ids, deterministic)
+    logits = self.logits(hidden)
+    return (logits, hidden) if return_hidden else logits
+
+  def hidden_states(self, input_ids, positions=None, segment_ids=None, deterministic: bool = True):
+    """Final-norm hidden states [batch, length, embed] (for reward/value heads)."""
+    cfg = self.config
+    b, length = input_ids.shape
+    if cfg.decode:
+      default_positions = self.decode_index(b, length)
+    else:
+      default_positions = jnp.broadcast_to(jnp.arange(length), (b, length))
+    positions = default_positions if positions is None else positions
+    x = self.embed(input_ids)  # [b, l, embed]
+    if cfg.position_type == "learned":
+      x = x + self.pos_embed(positions)
+    x = self.dropout(x, deterministic=deterministic)
+    x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
+    for layer in self.layers:
+      x = layer(x, positions, segment_ids, deterministic)
+    return self.final_norm(x)
+
+  def logits(self, hidden):
+    """hidden [batch, length, embed] -> logits [batch, length, vocab]."""
+    if self.config.tie_embeddings:
+      logits = self.embed.attend(hidden)
+    else:
+      logits = self.lm_head(hidden)
+    return nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
+
+
+def init_cache(cfg: GPTConfig, batch_size: int):
+  """A zeroed KV cache for `GPT(cfg.replace(decode=True))` with `batch_size` rows.
+
+  Shapes come from `jax.eval_shape`, so no parameters are materialised.
+  """
+  model = GPT(cfg.replace(decode=True))
+  ids = jnp.zeros((batch_size, 1), jnp.int32)
+  shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, ids))["cache"]
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

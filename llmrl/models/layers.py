@@ -1,0 +1,232 @@
+"""Shared transformer building blocks (pure linen modules).
+
+Every parameter carries logical axis names (`nn.with_logical_partitioning`)
+from this vocabulary: "vocab", "embed", "heads", "kv_heads", "head_dim",
+"mlp", "norm" (1-D norm scale/bias); axes without a name (the position table's
+length axis) are None. The engine's rules map the names onto the mesh.
+
+Parameters are stored in `param_dtype` and cast to the compute `dtype` at use;
+norms compute in float32.
+"""
+
+from typing import Any, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "gelu_exact", "relu", "swiglu", "geglu")
+
+
+def _normal(std: float, names):
+  return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), names)
+
+
+class Dense(nn.Module):
+  """Contract the last `in_axes` input axes with a kernel [*in, *features].
+
+  Keeps multi-axis kernels (e.g. q: [embed, heads, head_dim], out:
+  [heads, head_dim, embed]) so heads can be sharded on their own axis.
+  """
+
+  features: Union[int, Sequence[int]]
+  kernel_axes: Sequence[str]
+  in_axes: int = 1
+  use_bias: bool = False
+  init_std: float = 0.02
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """x [..., *in] -> [..., *features] in `dtype`."""
+    features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    shape = tuple(x.shape[-self.in_axes :]) + features
+    kernel = self.param(
+      "kernel", _normal(self.init_std, tuple(self.kernel_axes)), shape, self.param_dtype
+    )
+    y = jnp.tensordot(
+      x.astype(self.dtype), kernel.astype(self.dtype), axes=self.in_axes
+    )  # [..., *features]
+    if self.use_bias:
+      bias_axes = tuple(self.kernel_axes[self.in_axes :])
+      init = nn.with_logical_partitioning(nn.initializers.zeros_init(), bias_axes)
+      bias = self.param("bias", init, features, self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class Embed(nn.Module):
+  """Token embedding table [vocab, embed]; `attend` gives tied output logits."""
+
+  vocab_size: int
+  features: int
+  init_std: float = 0.02
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param(
+      "embedding",
+      _normal(self.init_std, ("vocab", "embed")),
+      (self.vocab_size, self.features),
+      self.param_dtype,
+    )
+
+  def __call__(self, ids):
+    """ids int [batch, length] -> [batch, length, embed]."""
+    return jnp.take(self.embedding.astype(self.dtype), ids, axis=0)
+
+  def attend(self, x):
+    """x [batch, length, embed] -> logits [batch, length, vocab]."""
+    return jnp.einsum("bld,vd->blv", x.astype(self.dtype), self.embedding.astype(self.dtype))
+
+
+class PositionEmbed(nn.Module):
+  """Learned absolute position table [max_len, embed], looked up per token."""
+
+  max_len: int
+  features: int
+  init_std: float = 0.02
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, positions):
+    """positions int [batch, length] -> [batch, length, embed]."""
+    table = self.param(
+      "embedding",
+      _normal(self.init_std, (None, "embed")),
+      (self.max_len, self.features),
+      self.param_dtype,
+    )
+    return jnp.take(table.astype(self.dtype), positions, axis=0)
+
+
+def apply_rope(x, positions, base: float = 10000.0):
+  """Rotary position embedding (Su et al. 2021), "rotate half" layout as in HF Llama.
+
+  x [batch, length, heads, head_dim], positions [batch, length] -> same shape.
+  Dimension i pairs with i + head_dim/2 and rotates by positions * base^(-2i/head_dim).
+  """
+  d = x.shape[-1]
+  inv_freq = 1.0 / (base ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))  # [d/2]
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, l, d/2]
+  cos = jnp.cos(angles)[:, :, None, :]  # [b, l, 1, d/2]
+  sin = jnp.sin(angles)[:, :, None, :]  # [b, l, 1, d/2]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)  # [b, l, h, d/2] each
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)  # [b, l, h, d]
+  return out.astype(x.dtype)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm over the last axis, computed in float32 (scale and optional bias)."""
+
+  eps: float = 1e-5
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """x [..., embed] -> [..., embed] in `dtype`."""
+    d = x.shape[-1]
+    scale = self.param(
+      "scale",
+      nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+      (d,),
+      self.param_dtype,
+    )
+    x = x.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.eps) * scale.astype(jnp.float32)
+    if self.use_bias:
+      bias = self.param(
+        "bias",
+        nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+        (d,),
+        self.param_dtype,
+      )
+      y = y + bias.astype(jnp.float32)
+    return y.astype(self.dtype)
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm (Zhang & Sennrich 2019) over the last axis, computed in float32."""
+
+  eps: float = 1e-6
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """x [..., embed] -> [..., embed] in `dtype`."""
+    d = x.shape[-1]
+    scale = self.param(
+      "scale",
+      nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+      (d,),
+      self.param_dtype,
+    )
+    x = x.astype(jnp.float32)
+    y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps)
+    return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+def make_norm(kind: str, eps: float, use_bias: bool, dtype, param_dtype, name: str) -> nn.Module:
+  """A LayerNorm or RMSNorm by name ("layernorm" | "rmsnorm")."""
+  if kind == "layernorm":
+    return LayerNorm(eps=eps, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name)
+  if kind == "rmsnorm":
+    return RMSNorm(eps=eps, dtype=dtype, param_dtype=param_dtype, name=name)
+  raise ValueError(f"norm={kind!r} is not one of {NORMS}")
+
+
+_ACTIVATIONS = {
+  "gelu": lambda x: jax.nn.gelu(x, approximate=True),  # tanh approx = HF "gelu_new"
+  "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),  # erf = HF "gelu"
+  "relu": jax.nn.relu,
+  "swiglu": jax.nn.silu,  # gate activation of SwiGLU (Shazeer 2020)
+  "geglu": lambda x: jax.nn.gelu(x, approximate=True),  # gate activation of GeGLU
+}
+
+
+class MLP(nn.Module):
+  """Feed-forward block: act(x W_i) W_o, or gated act(x W_gate) * (x W_up) W_o."""
+
+  d_ff: int
+  kind: str = "gelu"
+  use_bias: bool = True
+  init_std: float = 0.02
+  out_init_std: float = 0.02
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """x [batch, length, embed] -> [batch, length, embed]."""
+    if self.kind not in _ACTIVATIONS:
+      raise ValueError(f"mlp={self.kind!r} is not one of {MLPS}")
+    act = _ACTIVATIONS[self.kind]
+
+    def dense(features, axes, std, name):
+      return Dense(
+        features,
+        axes,
+        use_bias=self.use_bias,
+        init_std=std,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=name,
+      )
+
+    if self.kind in ("swiglu", "geglu"):
+      gate = dense(self.d_ff, ("embed", "mlp"), self.init_std, "wi_gate")(x)  # [b, l, mlp]
+      up = dense(self.d_ff, ("embed", "mlp"), self.init_std, "wi_up")(x)  # [b, l, mlp]
+      h = act(gate) * up
+    else:
+      h = act(dense(self.d_ff, ("embed", "mlp"), self.init_std, "wi")(x))  # [b, l, mlp]
+    h = nn.with_logical_constraint(h, ("act_batch", "act_length", "act_mlp"))
+    return dense(x.shape[-1], ("mlp", "embed"), self.out_init_std, "wo")(h)  # [b, l, embed]
