@@ -5,9 +5,8 @@ Three interchangeable kernels compute softmax(q k^T / sqrt(d)) v, selected by
 
 * "plain":     einsum + softmax; materialises the [lq, lk] score matrix.
 * "blockwise": pure-JAX memory-efficient attention: `lax.scan` over key blocks
-               with an online (flash-style) softmax; the scan body is
-               rematerialised so the backward pass never holds the full score
-               matrix either.
+               with an online (flash-style) softmax and a hand-written
+               backward pass (llmrl/models/flash.py): memory linear in length.
 * "jax":       `jax.nn.dot_product_attention` (cuDNN flash attention on GPU,
                XLA elsewhere).
 
@@ -18,6 +17,14 @@ mask, so every kernel builds exactly the part of the mask it needs: key j is
 visible to query i iff (not causal or k_index[j] <= q_index[i]) and
 q_segment[i] == k_segment[j]. Segment id 0 marks padding; padding tokens only
 see other padding tokens (and always themselves), so no row is ever empty.
+The same rule is the padding mask of bidirectional (encoder) attention:
+pass an HF-style attention_mask (1 = token, 0 = pad) as the segment ids.
+
+Optional extras used by the encoder families: an additive score `bias`
+[batch or 1, heads, lq, lk] (T5's relative position bias), a softmax `scale`
+other than head_dim**-0.5 (T5 uses 1.0), and cross-attention (`kv=`: keys and
+values from another sequence, e.g. the encoder output, masked by its segment
+ids).
 """
 
 from typing import Any, Optional
@@ -26,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from llmrl.models.flash import flash_attention
 from llmrl.models.layers import Dense, apply_rope
 
 ATTENTION_IMPLS = ("plain", "blockwise", "jax")
@@ -54,24 +62,38 @@ def _group(q, num_kv_heads: int):
   return q.reshape(b, lq, num_kv_heads, h // num_kv_heads, d)  # [b, lq, kvh, g, d]
 
 
-def plain_attention(q, k, v, mask):
-  """Reference einsum attention. q [b,lq,h,d], k/v [b,lk,kvh,d], mask [b|1,1,lq,lk]."""
+def _group_bias(bias, num_kv_heads: int):
+  """bias [b|1, h, lq, lk] -> [b|1, kvh, g, lq, lk] float32 (the grouped score layout)."""
+  b, h, lq, lk = bias.shape
+  return bias.astype(jnp.float32).reshape(b, num_kv_heads, h // num_kv_heads, lq, lk)
+
+
+def plain_attention(q, k, v, mask, bias=None, scale=None):
+  """Reference einsum attention. q [b,lq,h,d], k/v [b,lk,kvh,d], mask [b|1,1,lq,lk].
+
+  bias [b|1, h, lq, lk] is added to the scaled scores; scale defaults to d**-0.5.
+  """
   b, lq, h, d = q.shape
+  scale = d**-0.5 if scale is None else scale
   qg = _group(q, k.shape[2])  # [b, lq, kvh, g, d]
   scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32)
-  scores = scores * (d**-0.5)  # [b, kvh, g, lq, lk] float32
+  scores = scores * scale  # [b, kvh, g, lq, lk] float32
+  if bias is not None:
+    scores = scores + _group_bias(bias, k.shape[2])
   scores = jnp.where(mask[:, :, None], scores, _NEG)  # mask: [b|1, 1, 1, lq, lk]
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)  # [b, lq, kvh, g, d]
   return out.reshape(b, lq, h, d)  # [b, lq, h, d]
 
 
-def blockwise_attention(q, k, v, q_index, k_index, q_segment, k_segment, causal, block_size):
+def blockwise_attention(
+  q, k, v, q_index, k_index, q_segment, k_segment, causal, block_size, scale=None
+):
   """Memory-efficient attention: online softmax over key blocks (lax.scan).
 
-  Peak memory is O(lq * block_size) per head instead of O(lq * lk). The scan
-  body is wrapped in `jax.checkpoint`, so gradients recompute block scores
-  rather than storing them.
+  Peak memory is O(lq * block_size) per head instead of O(lq * lk), in the
+  backward pass too: llmrl.models.flash has a hand-written flash-style VJP
+  that saves only the output and log-sum-exp and recomputes block scores.
   """
   b, lq, h, d = q.shape
   lk, kvh = k.shape[1], k.shape[2]
@@ -99,53 +121,57 @@ def blockwise_attention(q, k, v, q_index, k_index, q_segment, k_segment, causal,
     valid.reshape(nblk, blk),  # [nblk, blk]
     blocks(k_segment),  # [nblk, b, blk]
   )
-  qg = _group(q, kvh) * jnp.asarray(d**-0.5, q.dtype)  # [b, lq, kvh, g, d]
-
-  @jax.checkpoint
-  def body(carry, x):
-    m, l, acc = carry  # [b,kvh,g,lq], [b,kvh,g,lq], [b,kvh,g,lq,d] float32
-    kb, vb, kib, vab, ksb = x
-    s = jnp.einsum("bqkgd,bskd->bkgqs", qg, kb, preferred_element_type=jnp.float32)
-    mask = make_mask(q_index, kib, q_segment_, ksb, causal)  # [b|1, 1, lq, blk]
-    mask = (mask & vab[None, None, None, :])[:, :, None]  # [b|1, 1, 1, lq, blk]
-    s = jnp.where(mask, s, _NEG)  # [b, kvh, g, lq, blk]
-    m_new = jnp.maximum(m, s.max(-1))
-    p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)  # [b, kvh, g, lq, blk]
-    alpha = jnp.exp(m - m_new)
-    l = alpha * l + p.sum(-1)
-    pv = jnp.einsum("bkgqs,bskd->bkgqd", p.astype(vb.dtype), vb, preferred_element_type=jnp.float32)
-    acc = alpha[..., None] * acc + pv  # [b, kvh, g, lq, d]
-    return (m_new, l, acc), None
-
-  g = h // kvh
-  init = (
-    jnp.full((b, kvh, g, lq), _NEG, jnp.float32),
-    jnp.zeros((b, kvh, g, lq), jnp.float32),
-    jnp.zeros((b, kvh, g, lq, d), jnp.float32),
-  )
-  (_, l, acc), _ = jax.lax.scan(body, init, xs)
-  out = acc / jnp.where(l == 0.0, 1.0, l)[..., None]  # [b, kvh, g, lq, d]
+  scale = d**-0.5 if scale is None else scale
+  qg = _group(q, kvh) * jnp.asarray(scale, q.dtype)  # [b, lq, kvh, g, d]
+  out = flash_attention(qg, *xs, q_index, q_segment_, causal)  # [b, kvh, g, lq, d]
   out = jnp.transpose(out, (0, 3, 1, 2, 4))  # [b, lq, kvh, g, d]
   return out.reshape(b, lq, h, d).astype(v.dtype)  # [b, lq, h, d]
 
 
-def jax_attention(q, k, v, mask, causal_only: bool):
+def jax_attention(q, k, v, mask, causal_only: bool, bias=None, scale=None):
   """`jax.nn.dot_product_attention`; pure causal masks use `is_causal` (cuDNN fast path)."""
+  if bias is not None:
+    bias = bias.astype(jnp.float32)  # [b|1, h, lq, lk]
   if causal_only:
-    return jax.nn.dot_product_attention(q, k, v, is_causal=True)
-  return jax.nn.dot_product_attention(q, k, v, mask=mask)  # mask [b|1, 1, lq, lk]
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, is_causal=True)
+  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale)
 
 
-def attend(q, k, v, q_index, k_index, q_segment, k_segment, *, causal, impl, block_size):
-  """Dispatch to one of the kernels; all return [batch, lq, heads, head_dim]."""
+def attend(
+  q,
+  k,
+  v,
+  q_index,
+  k_index,
+  q_segment,
+  k_segment,
+  *,
+  causal,
+  impl,
+  block_size,
+  bias=None,
+  scale=None,
+):
+  """Dispatch to one of the kernels; all return [batch, lq, heads, head_dim].
+
+  bias: optional [batch or 1, heads, lq, lk] added to the scores; scale:
+  multiplier of q.k (None = head_dim**-0.5).
+  """
   if impl == "blockwise":
-    return blockwise_attention(q, k, v, q_index, k_index, q_segment, k_segment, causal, block_size)
+    if bias is not None:
+      raise ValueError(
+        "attention_impl='blockwise' does not take a score bias (e.g. T5's relative "
+        "position bias); use attention_impl='plain' or 'jax'"
+      )
+    return blockwise_attention(
+      q, k, v, q_index, k_index, q_segment, k_segment, causal, block_size, scale
+    )
   mask = make_mask(q_index, k_index, q_segment, k_segment, causal)
   if impl == "plain":
-    return plain_attention(q, k, v, mask)
+    return plain_attention(q, k, v, mask, bias, scale)
   if impl == "jax":
     causal_only = causal and q_segment is None and q.shape[1] == k.shape[1]
-    return jax_attention(q, k, v, mask, causal_only)
+    return jax_attention(q, k, v, mask, causal_only, bias, scale)
   raise ValueError(f"attention_impl={impl!r} is not one of {ATTENTION_IMPLS}")
 
 
@@ -248,5 +274,5 @@ class Attention(nn.Module):
     cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, i, 0, 0))
     cs.value = jax.lax.dynamic_update_slice(cs.value, segment_ids.astype(jnp.int32), (0, i))
     ci.value = i + length
-    k_index = jnp.arange(self.max_len)  # [max_len]
+    k_index = jnp.arange(ck.value.shape[1])  # [cache_len]: max_len, or shorter if the caller sized it
     return i + q_index, k_index, ck.value, cv.value, segment_ids, cs.value
