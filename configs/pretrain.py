@@ -30,6 +30,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.model.num_heads = 4
   c.model.d_ff = 512
   c.data = data.default_config()
+  c.data.world_size = "small"
   c.train = trainer.default_config()
   c.train.seq_len = 128
   c.train.steps = 1500
@@ -41,6 +42,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 100
   c.mesh = mesh.default_config()
   if preset == "tiny":
+    c.data.world_size = "tiny"
     c.model.num_layers = 2
     c.model.d_model = 64
     c.model.num_heads = 4
