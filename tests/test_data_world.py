@@ -125,5 +125,11 @@ def test_qa_groups_are_disjoint_and_honest():
   sft = qa.qa_examples(w, "sft")
   assert {ex["known"] for ex in sft} == {True, False}
   assert qa.qa_examples(w, "sft") == sft
-  for p in qa.preference_examples(w):
-    assert p["chosen"] != p["rejected"]
+  # A held-out entity's facts are all on one side: eval_unknown asks about
+  # people SFT never declined on.
+  sft_subjects = {f.subject for f in sets["sft_unknown"]}
+  eval_subjects = {f.subject for f in sets["eval_unknown"]}
+  for name in w.heldout_entities:
+    assert not (name in sft_subjects and name in eval_subjects), name
+  assert any(f.subject in w.heldout_entities for f in sets["eval_unknown"])
+  assert any(f.subject not in w.heldout_entities for f in sets["eval_unknown"])

@@ -12,6 +12,13 @@ Typical use (what the training engine calls):
     batch = next(it)   # inputs, targets, weights, segment_ids, positions: [8, 128]
     state = it.get_state(); it.set_state(state)
 
+The generated world's structured splits (see qa.py, labeler.py, chat.py):
+
+    sft = data.examples(cfg, "sft")   # [{"prompt", "response", "text", "subject", ...}]
+    prefs = data.examples(cfg, "preferences")   # + "responses", "scores", "ranks"
+    data.labeler.score(example, "I think ...")  # the true reward, +1 .. -4
+    ids, loss_mask = data.chat.encode(tok, ex["prompt"], ex["response"])
+
 Everything prepared lives under cfg.cache_dir (default ~/.cache/llmrl):
 tfds/ (array_record datasets), tokenizers/ (*.model), tokens/ (token-id
 caches), locks/.
@@ -19,7 +26,14 @@ caches), locks/.
 
 from __future__ import annotations
 
-from llmrl.data.config import DataConfigError, default_config, validate_batching, validate_config
+from llmrl.data import chat, labeler
+from llmrl.data.config import (
+  STRUCTURED_SPLITS,
+  DataConfigError,
+  default_config,
+  validate_batching,
+  validate_config,
+)
 from llmrl.data.tokenizer import Tokenizer, get_tokenizer, load_tokenizer, train_tokenizer
 from llmrl.data.world import Fact, World, build_world
 
@@ -30,6 +44,25 @@ def open_split(cfg, split: str | None = None):
 
   validate_config(cfg)
   return builders.open_split(cfg, split)
+
+
+def examples(cfg, split: str) -> list[dict]:
+  """All examples of a synthetic_world split as plain-Python dicts, in a fixed order.
+
+  Prepares the dataset if needed. Fields per split (qa.py has the details):
+    sft, eval_known, eval_unknown: prompt, response (gold answer; "I don't
+      know." for held-out facts), text (the rendered chat, see chat.py),
+      subject, relation, object (the true value), known (bool)
+    preferences: prompt, text (generation prompt), subject, relation, object,
+      known, responses (K strings), scores (labeler.score of each), ranks
+      (0 = best; ties broken by response text)
+    pretrain, validation: text, kind
+  Other datasets have no structured splits (DataConfigError).
+  """
+  from llmrl.data import builders
+
+  validate_config(cfg)
+  return builders.read_examples(cfg, split)
 
 
 def tokenized(cfg, tok: Tokenizer, split: str | None = None):
@@ -77,13 +110,17 @@ def lm_batches(
 
 
 __all__ = [
+  "STRUCTURED_SPLITS",
   "DataConfigError",
   "Fact",
   "Tokenizer",
   "World",
   "build_world",
+  "chat",
   "default_config",
+  "examples",
   "get_tokenizer",
+  "labeler",
   "lm_batches",
   "load_tokenizer",
   "open_split",

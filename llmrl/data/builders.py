@@ -1,11 +1,15 @@
 """TFDS builders (array_record, no TensorFlow) for the builtin datasets, and opening splits.
 
 `synthetic_world` and `text_files` are `tfds.core.GeneratorBasedBuilder`s
-written with `file_format="array_record"` into `cache_dir/tfds`. TFDS writes
-into an `incomplete.*` directory and renames it when done, so a half-written
-dataset never looks complete; an exclusive file lock in `cache_dir/locks`
-makes two processes that race to prepare the same dataset wait for each other
-(the second one then reuses the result). Any other name goes to
+written with `file_format="array_record"` into `cache_dir/tfds`. All splits of
+a builder share one feature dict (TFDS has one per dataset): text splits fill
+only `text` and `kind`; the structured synthetic_world splits (sft,
+preferences, eval_known, eval_unknown; see qa.py) fill the fields listed in
+`SPLIT_FIELDS` and leave the others empty, and `read_examples` returns just
+those. TFDS writes into an `incomplete.*` directory and renames it when
+done, so a half-written dataset never looks complete; an exclusive file lock
+in `cache_dir/locks` makes two processes that race to prepare the same
+dataset wait for each other (the second one then reuses the result). Any other name goes to
 `tfds.data_source(name)` (downloaded by TFDS, needs network the first time;
 not tested offline).
 """
@@ -25,10 +29,55 @@ from etils import epath
 import tensorflow_datasets as tfds
 
 from llmrl.data import config as config_lib
-from llmrl.data import documents, textfiles, world
+from llmrl.data import documents, qa, textfiles, world
 from llmrl.data.config import DataConfigError
 
-_FEATURES = {"text": tfds.features.Text(), "kind": tfds.features.Text()}
+_TEXT = tfds.features.Text
+_FEATURES = {"text": _TEXT(), "kind": _TEXT()}
+# The synthetic_world feature dict: text splits fill text and kind only.
+_WORLD_FEATURES = {
+  **_FEATURES,
+  "prompt": _TEXT(),
+  "response": _TEXT(),
+  "subject": _TEXT(),
+  "relation": _TEXT(),
+  "object": _TEXT(),
+  "known": tfds.features.Scalar(np.bool_),
+  "responses": tfds.features.Sequence(_TEXT()),
+  "scores": tfds.features.Sequence(tfds.features.Scalar(np.float32)),
+  "ranks": tfds.features.Sequence(tfds.features.Scalar(np.int32)),
+}
+_QA_FIELDS = ("prompt", "response", "text", "subject", "relation", "object", "known")
+# Fields each synthetic_world split fills, in the order read_examples returns them.
+SPLIT_FIELDS = {
+  "pretrain": ("text", "kind"),
+  "validation": ("text", "kind"),
+  "sft": _QA_FIELDS,
+  "eval_known": _QA_FIELDS,
+  "eval_unknown": _QA_FIELDS,
+  "preferences": (
+    "prompt",
+    "text",
+    "subject",
+    "relation",
+    "object",
+    "known",
+    "responses",
+    "scores",
+    "ranks",
+  ),
+}
+_EMPTY = {
+  "prompt": "",
+  "response": "",
+  "subject": "",
+  "relation": "",
+  "object": "",
+  "known": False,
+  "responses": [],
+  "scores": [],
+  "ranks": [],
+}
 # TFDS warnings that are expected for builders with per-config names.
 _QUIET = ("Using custom data configuration", "has no dataset_info.json")
 
@@ -70,35 +119,65 @@ def file_lock(path: str) -> Iterator[None]:
 
 @dataclasses.dataclass
 class WorldConfig(tfds.core.BuilderConfig):
-  """Builder config of one generated world (seed and number of people)."""
+  """Builder config of one generated world (seed, number of people, responses per prompt)."""
 
   world_seed: int = 0
   num_people: int = 48
+  num_responses: int = 4
+
+  @property
+  def text_id(self) -> str:
+    """Names what the text splits depend on (not num_responses): tokenizers are keyed by it."""
+    return f"seed{self.world_seed}_people{self.num_people}"
 
 
 class SyntheticWorld(_LocalBuilder):
-  """The generated fictional world: facts in paraphrases, arithmetic, lists, stories.
+  """The generated fictional world: facts in paraphrases, arithmetic, lists, stories, Q/A.
 
-  Bump VERSION whenever world.py or documents.py change the generated text:
-  prepared copies, tokenizers and token caches are keyed by it.
+  Bump VERSION whenever world.py, documents.py, qa.py, chat.py or labeler.py
+  change the generated data: prepared copies, tokenizers and token caches are
+  keyed by it.
   """
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "pretrain and validation splits."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+    "1.0.0": "pretrain and validation splits.",
+    "2.0.0": "sft, preferences, eval_known and eval_unknown splits (structured fields).",
+  }
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-      description="Deterministic generated world (see llmrl/data/world.py).",
-      features=tfds.features.FeaturesDict(_FEATURES),
+      description="Deterministic generated world (see llmrl/data/world.py and qa.py).",
+      features=tfds.features.FeaturesDict(_WORLD_FEATURES),
     )
 
   def _split_generators(self, dl_manager):
-    w = world.build_world(self.builder_config.world_seed, self.builder_config.num_people)
-    return {split: self._generate_examples(w, split) for split in ("pretrain", "validation")}
+    c = self.builder_config
+    w = world.build_world(c.world_seed, c.num_people)
+    splits = {s: self._generate_examples(self._documents(w, s)) for s in ("pretrain", "validation")}
+    for s in qa.QA_SPLITS:
+      splits[s] = self._generate_examples(self._qa(w, s))
+    splits["preferences"] = self._generate_examples(self._preferences(w, c.num_responses))
+    return splits
 
-  def _generate_examples(self, w, split):
-    for i, (kind, text) in enumerate(documents.pretrain_documents(w, split)):
-      yield f"{split}-{i:09d}", {"text": text, "kind": kind}
+  @staticmethod
+  def _documents(w, split):
+    for kind, text in documents.pretrain_documents(w, split):
+      yield {**_EMPTY, "text": text, "kind": kind}
+
+  @staticmethod
+  def _qa(w, split):
+    for ex in qa.qa_examples(w, split):
+      yield {**_EMPTY, **ex, "kind": "qa"}
+
+  @staticmethod
+  def _preferences(w, num_responses):
+    for ex in qa.preference_examples(w, num_responses):
+      yield {**_EMPTY, **ex, "kind": "preference"}
+
+  def _generate_examples(self, records):
+    for i, record in enumerate(records):
+      yield f"{i:09d}", record
 
 
 @dataclasses.dataclass
@@ -173,9 +252,12 @@ class DocSource:
 def _builder(cfg) -> tfds.core.GeneratorBasedBuilder:
   data_dir = os.path.join(os.path.expanduser(cfg.cache_dir), "tfds")
   if cfg.name == "synthetic_world":
-    n = config_lib.world_num_people(cfg.world_size)
+    n, k = config_lib.world_num_people(cfg.world_size), cfg.get("num_responses", 4)
     bc = WorldConfig(
-      name=f"seed{cfg.world_seed}_people{n}", world_seed=cfg.world_seed, num_people=n
+      name=f"seed{cfg.world_seed}_people{n}_k{k}",
+      world_seed=cfg.world_seed,
+      num_people=n,
+      num_responses=k,
     )
     return SyntheticWorld(config=bc, data_dir=data_dir, file_format="array_record")
   paths = config_lib.split_files(cfg.files)
@@ -232,7 +314,8 @@ def open_split(cfg, split: str | None = None) -> DocSource:
         f"config.data.split={split!r}: {cfg.name} has no documents in "
         f"that split; use one of {list(builder.info.splits)}"
       )
-    key = f"{builder.name}-{builder.builder_config.name}-v{builder.version}"
+    bc = builder.builder_config
+    key = f"{builder.name}-{getattr(bc, 'text_id', bc.name)}-v{builder.version}"
     return DocSource(key, split, builder.as_data_source(split=split))
   if split == "pretrain":
     split = "train"
@@ -240,3 +323,33 @@ def open_split(cfg, split: str | None = None) -> DocSource:
   source = tfds.data_source(cfg.name, split=split, data_dir=data_dir, download=True)
   key = cfg.name.replace("/", "_").replace(":", "-")
   return DocSource(key, split, source, text_key=cfg.text_key)
+
+
+def _python(value):
+  """A decoded TFDS value as plain Python (str, bool, float, int or a list of them)."""
+  if isinstance(value, bytes):
+    return value.decode("utf-8")
+  if isinstance(value, np.ndarray):
+    return [_python(v) for v in value.tolist()] if value.ndim else _python(value.item())
+  if isinstance(value, (list, tuple)):
+    return [_python(v) for v in value]
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
+
+
+def read_examples(cfg, split: str) -> list[dict]:
+  """All examples of a synthetic_world split as dicts of its SPLIT_FIELDS (plain Python)."""
+  if cfg.name != "synthetic_world":
+    raise DataConfigError(
+      f"examples of split {split!r} need config.data.name='synthetic_world' (they are "
+      f"generated from its fact table); {cfg.name!r} has text only: use open_split or lm_batches"
+    )
+  if split not in SPLIT_FIELDS:
+    raise DataConfigError(
+      f"split={split!r} is not a split of synthetic_world; use one of {list(SPLIT_FIELDS)}"
+    )
+  source = prepare(cfg).as_data_source(split=split)
+  records = source.__getitems__(list(range(len(source)))) if len(source) else []
+  fields = SPLIT_FIELDS[split]
+  return [{k: _python(r[k]) for k in fields} for r in records]

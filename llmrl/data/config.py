@@ -16,15 +16,18 @@ import ml_collections
 BUILTIN_DATASETS = ("synthetic_world", "text_files")
 WORLD_SIZES = ("tiny", "small", "medium")
 TOKENIZER_TYPES = ("unigram", "bpe")
+# Structured splits of synthetic_world (read with data.examples; see qa.py).
+STRUCTURED_SPLITS = ("sft", "preferences", "eval_known", "eval_unknown")
 # Splits each builtin dataset provides. For text_files and other TFDS names,
 # "pretrain" is an alias of "train".
 BUILTIN_SPLITS = {
-  "synthetic_world": ("pretrain", "validation"),
+  "synthetic_world": ("pretrain", "validation") + STRUCTURED_SPLITS,
   "text_files": ("pretrain", "train", "validation"),
 }
 # Ids reserved in every trained tokenizer: 4 specials, <mask>, 100 sentinels,
 # 4 chat markers and 256 byte-fallback pieces (see tokenizer.py).
 RESERVED_IDS = 365
+MAX_RESPONSES = 8  # Upper bound of config.data.num_responses.
 MIN_VOCAB_SIZE = 400
 
 
@@ -41,6 +44,9 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.name = "synthetic_world"
   # Split to read. "pretrain" for causal-LM pretraining; "validation" for
   # held-out text. For text_files / TFDS names, "pretrain" means "train".
+  # synthetic_world also has the structured splits sft, preferences,
+  # eval_known and eval_unknown (read with data.examples; as LM text they
+  # give their rendered chats).
   cfg.split = "pretrain"
   # Where prepared datasets (cache_dir/tfds), tokenizers
   # (cache_dir/tokenizers) and token caches (cache_dir/tokens) are written.
@@ -51,6 +57,9 @@ def default_config() -> ml_collections.ConfigDict:
   # of people written as a string, e.g. "1000" (other entities and the text
   # scale with it). tiny: 48 people, ~54k tokens; small: 400; medium: 4000.
   cfg.world_size = "tiny"
+  # synthetic_world only: candidate responses per prompt in the
+  # "preferences" split (K-way ranked comparisons), 2..8.
+  cfg.num_responses = 4
   # text_files only: a glob (or comma-separated globs, or a directory) of
   # .txt and .jsonl files. .txt: one document per blank-line separated
   # paragraph; .jsonl: one document per line, text in field `text_key`.
@@ -162,6 +171,9 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     world_num_people(cfg.world_size)
     if not isinstance(cfg.world_seed, int):
       _fail(f"config.data.world_seed={cfg.world_seed!r} must be an int")
+    k = cfg.get("num_responses", 4)
+    if not isinstance(k, int) or not 2 <= k <= MAX_RESPONSES:
+      _fail(f"config.data.num_responses={k!r} must be an int in [2, {MAX_RESPONSES}]")
   if name == "text_files":
     if not cfg.files:
       _fail(

@@ -1,24 +1,38 @@
-"""Question/answer examples about the generated world (for SFT, evaluation and preferences).
+"""Question/answer splits of the generated world: sft, preferences, eval_known, eval_unknown.
 
 The fact table is split deterministically into four disjoint groups:
-  sft_known     known facts (stated in pretraining) taught as Q -> answer
-  eval_known    other known facts: can the model answer what it read?
-  sft_unknown   held-out facts taught as Q -> "I don't know."
-  eval_unknown  other held-out facts: does the model admit it does not know?
-`qa_examples(world, split)` returns dicts with prompt, response, subject,
-relation, object and known; `preference_examples` pairs a chosen response
-with a hallucinated (wrong) one for reward modelling. These are plain Python
-lists; wiring them into TFDS splits and a chat pipeline is a later step.
+  sft_known     half of the known facts (stated in pretraining): Q -> answer
+  eval_known    the other known facts: can the model answer what it read
+                but was never drilled on? (never an SFT or preference prompt)
+  sft_unknown   about half of the held-out facts: Q -> "I don't know." (a
+                modest fraction of sft: 8% tiny, 10% small)
+  eval_unknown  the other held-out facts: does the model admit it does not
+                know? Never stated in pretraining, sft or preferences.
+Held-out *entities* (people never mentioned in pretraining) go to one side
+whole, so eval_unknown asks about people SFT never declined on; held-out
+single attributes of known entities are split one by one.
+
+Splits (lists of dicts, see `SPLIT_FIELDS` in builders.py for the stored form):
+  sft           sft_known + sft_unknown, shuffled: prompt, response, text
+                (rendered chat), subject, relation, object, known
+  eval_known    same fields, gold response = the answer sentence
+  eval_unknown  same fields, gold response "I don't know." (object is the
+                hidden true value, so generated guesses can be scored)
+  preferences   one prompt per sft fact with K candidate responses (correct
+                or wrong, hedged or not, "I don't know") scored by
+                `labeler.score` and ranked (0 = best)
 """
 
 from __future__ import annotations
 
 import random
 
+from llmrl.data import chat, labeler
+from llmrl.data.config import MAX_RESPONSES
 from llmrl.data.documents import TEMPLATES, article
+from llmrl.data.labeler import IDK
 from llmrl.data.world import Fact, World
 
-IDK = "I don't know."
 QA_SPLITS = ("sft", "eval_known", "eval_unknown")
 QUESTIONS = {
   "birthplace": (
@@ -65,6 +79,14 @@ QUESTIONS = {
     "In which trade does {s} work?",
   ),
 }
+# (outcome, hedged) of the candidate kinds for a question the model can know.
+KNOWN_CANDIDATES = (
+  (labeler.CORRECT, False),
+  (labeler.CORRECT, True),
+  (labeler.DECLINED, False),
+  (labeler.WRONG, True),
+  (labeler.WRONG, False),
+)
 
 
 def answer(fact: Fact) -> str:
@@ -72,26 +94,38 @@ def answer(fact: Fact) -> str:
   return TEMPLATES[fact.relation][0].format(s=fact.subject, o=fact.object, a=article(fact.object))
 
 
+def _halves(groups: list[list[Fact]], rng: random.Random) -> tuple[list[Fact], list[Fact]]:
+  rng.shuffle(groups)
+  k = len(groups) // 2
+  return [f for g in groups[:k] for f in g], [f for g in groups[k:] for f in g]
+
+
 def fact_groups(world: World) -> dict[str, list[Fact]]:
   """The four disjoint fact groups (see module docstring), deterministic per world."""
   rng = random.Random(f"llmrl-qa-{world.seed}")
-  known, unknown = world.known_facts(), world.heldout_facts()
+  known = world.known_facts()
   rng.shuffle(known)
-  rng.shuffle(unknown)
-  k, u = len(known) // 2, len(unknown) // 2
+  k = len(known) // 2
+  unknown = world.heldout_facts()
+  entities = [[f for f in unknown if f.subject == name] for name in world.heldout_entities]
+  attrs = [[f] for f in unknown if f.subject not in world.heldout_entities]
+  sft_entities, eval_entities = _halves(entities, rng)
+  sft_attrs, eval_attrs = _halves(attrs, rng)
   return {
     "sft_known": known[:k],
     "eval_known": known[k:],
-    "sft_unknown": unknown[:u],
-    "eval_unknown": unknown[u:],
+    "sft_unknown": sft_entities + sft_attrs,
+    "eval_unknown": eval_entities + eval_attrs,
   }
 
 
 def _example(fact: Fact, known: bool, rng: random.Random) -> dict:
   question = rng.choice(QUESTIONS[fact.relation]).format(s=fact.subject)
+  response = answer(fact) if known else IDK
   return {
     "prompt": question,
-    "response": answer(fact) if known else IDK,
+    "response": response,
+    "text": chat.render(question, response),
     "subject": fact.subject,
     "relation": fact.relation,
     "object": fact.object,
@@ -100,7 +134,7 @@ def _example(fact: Fact, known: bool, rng: random.Random) -> dict:
 
 
 def qa_examples(world: World, split: str) -> list[dict]:
-  """Q/A examples of "sft" (known and unknown mixed), "eval_known" or "eval_unknown"."""
+  """Examples of "sft" (known and unknown mixed), "eval_known" or "eval_unknown"."""
   if split not in QA_SPLITS:
     raise ValueError(f"split={split!r} must be one of {QA_SPLITS}")
   rng = random.Random(f"llmrl-qa-{world.seed}-{split}")
@@ -114,22 +148,93 @@ def qa_examples(world: World, split: str) -> list[dict]:
   return [_example(f, known, rng) for f in groups[split]]
 
 
-def preference_examples(world: World) -> list[dict]:
-  """SFT prompts with a chosen (true or "I don't know.") and a rejected (hallucinated) answer."""
+def relation_values(world: World) -> dict[tuple[str, str], list[str]]:
+  """Values that known facts give each (subject kind, relation): the pool of wrong answers.
+
+  Only known facts are used, so a wrong candidate never reveals a held-out value.
+  """
+  values: dict[tuple[str, str], list[str]] = {}
+  for f in world.known_facts():
+    pool = values.setdefault((f.kind, f.relation), [])
+    if f.object not in pool:
+      pool.append(f.object)
+  return values
+
+
+def candidates(
+  fact: Fact, known: bool, wrong_values: list[str], k: int, rng: random.Random
+) -> list[str]:
+  """K distinct candidate responses to a question about `fact`, in random order.
+
+  Known facts: K of correct / correct-hedged / "I don't know" / wrong-hedged /
+  wrong (all five kinds before repeats; extra ones are further wrong answers).
+  Held-out facts: "I don't know" plus wrong answers, hedged or not (the true
+  value is never shown, so it stays held out).
+  """
+  if not 2 <= k <= MAX_RESPONSES:
+    raise ValueError(f"num_responses={k} must be in [2, {MAX_RESPONSES}]")
+  wrong = [v for v in wrong_values if v != fact.object]
+  if not wrong:
+    raise ValueError(f"no wrong values for {fact.kind}.{fact.relation}; the world is too small")
+  rng.shuffle(wrong)
+  plan = list(KNOWN_CANDIDATES) if known else [(labeler.DECLINED, False)]
+  rng.shuffle(plan)
+  plan = plan[:k]
+  out: list[str] = []
+  used_wrong = 0
+
+  def text(outcome: str, hedged: bool) -> str:
+    nonlocal used_wrong
+    if outcome == labeler.DECLINED:
+      return IDK
+    obj = fact.object
+    if outcome == labeler.WRONG:
+      obj = wrong[used_wrong % len(wrong)]
+      used_wrong += 1
+    sentence = answer(fact._replace(object=obj))
+    return labeler.hedge(sentence, rng.choice(labeler.HEDGES)) if hedged else sentence
+
+  for outcome, hedged in plan:
+    out.append(text(outcome, hedged))
+  for _ in range(100 * k):
+    if len(out) == k:
+      break
+    t = text(labeler.WRONG, rng.random() < 0.5)
+    if t not in out:
+      out.append(t)
+  if len(out) < k:
+    raise ValueError(f"cannot make {k} distinct responses about {fact}; lower num_responses")
+  rng.shuffle(out)
+  return out
+
+
+def preference_examples(world: World, num_responses: int = 4) -> list[dict]:
+  """One example per SFT fact: prompt, K responses, their labeler scores and ranks.
+
+  Fields: prompt, text (the rendered generation prompt), subject, relation,
+  object, known, responses, scores, ranks (0 = best; ties by text).
+  """
   rng = random.Random(f"llmrl-prefs-{world.seed}")
-  values: dict[str, list[str]] = {}
-  for f in world.facts():
-    values.setdefault(f.relation, []).append(f.object)
+  values = relation_values(world)
+  groups = fact_groups(world)
+  facts = [(f, True) for f in groups["sft_known"]] + [(f, False) for f in groups["sft_unknown"]]
+  rng.shuffle(facts)
   out = []
-  for ex in qa_examples(world, "sft"):
-    wrong = [v for v in values[ex["relation"]] if v != ex["object"]]
-    fake = Fact(ex["subject"], ex["relation"], rng.choice(wrong), "")
+  for fact, known in facts:
+    question = rng.choice(QUESTIONS[fact.relation]).format(s=fact.subject)
+    responses = candidates(fact, known, values[(fact.kind, fact.relation)], num_responses, rng)
+    scores = [labeler.score(fact, r) for r in responses]
     out.append(
       {
-        "prompt": ex["prompt"],
-        "chosen": ex["response"],
-        "rejected": answer(fake),
-        "known": ex["known"],
+        "prompt": question,
+        "text": chat.render(question),
+        "subject": fact.subject,
+        "relation": fact.relation,
+        "object": fact.object,
+        "known": known,
+        "responses": responses,
+        "scores": scores,
+        "ranks": labeler.rank(responses, scores),
       }
     )
   return out
