@@ -27,6 +27,7 @@ caches), locks/.
 from __future__ import annotations
 
 from llmrl.data import chat, labeler
+from llmrl.data.examples_pipeline import example_batches
 from llmrl.data.config import (
   STRUCTURED_SPLITS,
   DataConfigError,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import ml_collections
@@ -111,3 +113,35 @@ def describe(model: GPT) -> str:
   n = count_params_from_config(model.config)
   return (f"GPT {model.config.style}: {n['total'] / 1e6:.2f}M params "
           f"({n['non_embedding'] / 1e6:.2f}M non-embedding)")
+
+
+class Stage(NamedTuple):
+  """What a finished training stage left in its workdir."""
+  config: ml_collections.ConfigDict   # its resolved config (config.json)
+  model_config: GPTConfig
+  tokenizer: data_lib.Tokenizer
+  params: Any                         # newest checkpoint's params (host/one device)
+  step: int
+
+
+def load_stage(workdir: str, params_key: str | None = None) -> Stage:
+  """Loads config.json, tokenizer.model and the newest params of a decoder-only run.
+
+  `params_key` picks a sub-tree of the saved params (e.g. "backbone" of a reward model).
+  """
+  from llmrl.train.checkpoint import load_params
+  workdir = os.path.expanduser(workdir)
+  paths = {name: os.path.join(workdir, name) for name in ("config.json", "tokenizer.model")}
+  for path in paths.values():
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path} is missing: {workdir} is not a finished llmrl "
+                              "training workdir (train that stage first).")
+  with open(paths["config.json"]) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  tokenizer = data_lib.load_tokenizer(paths["tokenizer.model"])
+  model_block = config.model.get("backbone", config.model)
+  cfg = make_gpt_config(model_block, tokenizer.vocab_size, config.train.seq_len)
+  step, params = load_params(workdir)
+  if params_key:
+    params = params[params_key]
+  return Stage(config, cfg, tokenizer, params, step)

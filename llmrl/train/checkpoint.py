@@ -97,3 +97,31 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def load_params(workdir: str) -> tuple[int, Any]:
+  """(step, params) of the newest checkpoint of a training workdir, on one device.
+
+  For initialising a later stage (SFT from pretraining, a reward model from
+  SFT, ...). Raises FileNotFoundError naming the path when there is none.
+  """
+  directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
+  steps = sorted((int(d) for d in os.listdir(directory) if d.isdigit()),
+                 reverse=True) if os.path.isdir(directory) else []
+  if not steps:
+    raise FileNotFoundError(
+        f"no checkpoint under {directory}; train that stage first or fix the path.")
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  for step in steps:
+    path = os.path.join(directory, str(step), "state")
+    try:
+      meta = checkpointer.metadata(path)
+      tree = getattr(getattr(meta, "item_metadata", meta), "tree", None) or meta.item_metadata
+      target = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+      return step, checkpointer.restore(path, target)["params"]
+    except Exception as e:  # noqa: BLE001 - a damaged step: try the previous one
+      log.warning("cannot read %s (%s); trying an older checkpoint", path,
+                  str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+  raise FileNotFoundError(f"no readable checkpoint under {directory}.")

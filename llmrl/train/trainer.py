@@ -47,6 +47,7 @@ class Task:
   tokens_per_step: float = 0.0             # global tokens consumed by one step
   flops_per_step: float = 0.0              # global training FLOPs of one step
   trainable_mask: Any = None               # optional pytree of bools (frozen = False)
+  initial_params: Callable[[], Any] | None = None  # host params to start from (else init)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -133,8 +134,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task,
   else:
     start = 0
     with mesh_lib.activate(mesh):
-      params = jax.jit(lambda k: nn.meta.unbox(task.init_params(k)),
-                       out_shardings=p_sh)(init_rng)
+      if task.initial_params is not None:
+        params = jax.device_put(_check_like(task.initial_params(), p_shapes), p_sh)
+      else:
+        params = jax.jit(lambda k: nn.meta.unbox(task.init_params(k)),
+                         out_shardings=p_sh)(init_rng)
       opt_state = jax.jit(tx.init, out_shardings=o_sh)(params)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        opt_state=opt_state,
@@ -178,6 +182,24 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task,
     ckpt.close()
     writer.close()
   return TrainResult(state, last)
+
+
+def _check_like(params: Any, shapes: Any) -> Any:
+  """Raises ConfigError unless `params` has the structure and shapes of `shapes`."""
+  got = {jax.tree_util.keystr(p): tuple(np.shape(x))
+         for p, x in jax.tree_util.tree_leaves_with_path(params)}
+  want = {jax.tree_util.keystr(p): tuple(x.shape)
+          for p, x in jax.tree_util.tree_leaves_with_path(shapes)}
+  missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+  bad = [f"{k}: {got[k]} vs {want[k]}" for k in want if k in got and got[k] != want[k]]
+  if missing or extra or bad:
+    raise ConfigError(
+        "the initial params do not fit this model: "
+        + "; ".join(filter(None, [f"missing {missing[:5]}" if missing else "",
+                                  f"unexpected {extra[:5]}" if extra else "",
+                                  f"shape mismatch {bad[:5]}" if bad else ""]))
+        + ". Use a checkpoint of the same model config.")
+  return params
 
 
 def _flush(pending, writer, progress, ckpt) -> dict:

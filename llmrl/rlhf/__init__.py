@@ -1,0 +1,1 @@
+"""The InstructGPT recipe: SFT, reward model from ranked comparisons, PPO-RLHF."""

@@ -1,0 +1,163 @@
+"""Reward model from K-way ranked responses (InstructGPT), and the scalar-head model.
+
+`ScalarHeadModel` is a GPT backbone plus a linear head giving one scalar per
+token: the reward model reads it at each response's final token (<|end|>);
+the PPO critic (initialised from the reward model) reads it at every token.
+
+Loss (Ouyang et al. 2022, eq. 1): for one prompt with K ranked responses,
+  loss = -1/C(K,2) * sum over pairs (w better than l) of log sigmoid(r_w - r_l),
+all C(K,2) comparisons of a prompt in the same batch element. Pairs whose
+labeler scores tie carry no comparison (they add nothing to the sum).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from llmrl import data as data_lib
+from llmrl.config import ConfigError
+from llmrl.models import GPT, GPTConfig, flops_per_token
+from llmrl.rlhf.sft import inherit
+from llmrl.tasks import lm
+from llmrl.train.trainer import Task, local_batch_size
+
+log = logging.getLogger("llmrl")
+
+
+class ScalarHeadModel(nn.Module):
+  """GPT backbone + linear head: input_ids [b, l] -> scalars [b, l] (float32)."""
+  config: GPTConfig
+
+  def setup(self):
+    self.backbone = GPT(self.config)
+    self.head = nn.Dense(
+        1, dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed", None)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))
+
+  def __call__(self, input_ids, positions=None, segment_ids=None, deterministic=True):
+    h = self.backbone.hidden_states(input_ids, positions, segment_ids, deterministic)
+    return self.head(h.astype(jnp.float32))[..., 0]  # [b, l]
+
+
+def read_at(values: jax.Array, index: jax.Array) -> jax.Array:
+  """values [b, l] at per-row positions index [b] -> [b]."""
+  return jnp.take_along_axis(values, index[:, None], axis=1)[:, 0]
+
+
+def ranking_loss(rewards: jax.Array, scores: jax.Array):
+  """InstructGPT ranking loss in the engine's (sum, (weight, sums)) form.
+
+  rewards, scores: [batch, K]. Weight = number of prompts. Also sums the
+  fraction of comparisons each prompt orders correctly ("pair_accuracy").
+  """
+  k = rewards.shape[1]
+  diff = rewards[:, :, None] - rewards[:, None, :]  # [b, K, K]: r_i - r_j
+  better = (scores[:, :, None] > scores[:, None, :]).astype(jnp.float32)  # i ranked above j
+  per_prompt = -jnp.sum(jax.nn.log_sigmoid(diff) * better, (1, 2)) / math.comb(k, 2)
+  pairs = jnp.maximum(better.sum((1, 2)), 1.0)
+  correct = jnp.sum((diff > 0) * better, (1, 2)) / pairs
+  return jnp.sum(per_prompt), (jnp.float32(rewards.shape[0]),
+                               {"pair_accuracy": jnp.sum(correct)})
+
+
+def preference_arrays(examples: list[dict], tok, seq_len: int) -> dict:
+  """[N, K, seq_len] chats of each prompt with each of its K responses, scores [N, K]."""
+  n, k = len(examples), len(examples[0]["responses"])
+  ids_all = np.full((n, k, seq_len), tok.pad_id, np.int32)
+  seg = np.zeros((n, k, seq_len), np.int32)
+  last = np.zeros((n, k), np.int32)
+  longest = 0
+  for i, ex in enumerate(examples):
+    for j, response in enumerate(ex["responses"]):
+      ids, _ = data_lib.chat.encode(tok, ex["prompt"], response)
+      longest = max(longest, len(ids))
+      m = min(len(ids), seq_len)
+      ids_all[i, j, :m], seg[i, j, :m], last[i, j] = ids[:m], 1, m - 1
+  if longest > seq_len:
+    raise ConfigError(f"the longest ranked chat is {longest} tokens but config.train.seq_len="
+                      f"{seq_len}; set config.train.seq_len >= {longest}.")
+  return {"inputs": ids_all, "segment_ids": seg, "last": last,
+          "scores": np.asarray([ex["scores"] for ex in examples], np.float32)}
+
+
+def split_heldout(examples: list[dict], fraction: float) -> tuple[list, list]:
+  """Deterministic (train, heldout) split of prompts: every 1/fraction-th prompt is held out."""
+  if not 0 < fraction < 1:
+    raise ConfigError(f"config.heldout_fraction={fraction} must be in (0, 1).")
+  every = max(int(round(1 / fraction)), 2)
+  heldout = [ex for i, ex in enumerate(examples) if i % every == every - 1]
+  train = [ex for i, ex in enumerate(examples) if i % every != every - 1]
+  return train, heldout
+
+
+def make_rewards_fn(model: ScalarHeadModel):
+  """(params, arrays [B, K, L] dict) -> rewards [B, K] at each response's last token."""
+  def rewards(params, batch):
+    b, k, length = batch["inputs"].shape
+    flat = lambda x: x.reshape(b * k, *x.shape[2:])  # [B*K, ...]
+    positions = jnp.broadcast_to(jnp.arange(length), (b * k, length))
+    values = model.apply({"params": params}, flat(batch["inputs"]), positions,
+                         flat(batch["segment_ids"]))  # [B*K, L]
+    return read_at(values, flat(batch["last"])).reshape(b, k)
+  return rewards
+
+
+def pairwise_accuracy(rewards: np.ndarray, scores: np.ndarray) -> float:
+  """Fraction of strictly-ordered labeler pairs the rewards order the same way."""
+  better = scores[:, :, None] > scores[:, None, :]
+  right = (rewards[:, :, None] > rewards[:, None, :]) & better
+  return float(right.sum() / max(better.sum(), 1))
+
+
+def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
+  """(task, model, tokenizer, heldout arrays) for the reward model, from config.init_from (SFT)."""
+  tc = config.train
+  if not config.init_from:
+    raise ConfigError("config.init_from is empty: the reward model starts from an SFT "
+                      "workdir (--config.init_from=/path/to/sft).")
+  stage = lm.load_stage(config.init_from)
+  inherit(config, stage.config)
+  data_lib.validate_config(config.data)
+  tok, model_cfg = stage.tokenizer, stage.model_config
+  if tc.seq_len > model_cfg.max_len:
+    raise ConfigError(f"config.train.seq_len={tc.seq_len} exceeds the model's max_len="
+                      f"{model_cfg.max_len}; lower it.")
+  if workdir:
+    os.makedirs(workdir, exist_ok=True)
+    shutil.copyfile(tok.path, os.path.join(workdir, "tokenizer.model"))
+  model = ScalarHeadModel(model_cfg)
+  train_ex, heldout_ex = split_heldout(data_lib.examples(config.data, "preferences"),
+                                       config.heldout_fraction)
+  arrays = preference_arrays(train_ex, tok, tc.seq_len)
+  heldout = preference_arrays(heldout_ex, tok, tc.seq_len)
+  batches = data_lib.example_batches(
+      arrays, batch_size=local_batch_size(tc), shard_index=jax.process_index(),
+      shard_count=jax.process_count(), seed=config.seed, key="preferences")
+  rewards_fn = make_rewards_fn(model)
+  k = arrays["inputs"].shape[1]
+
+  def init_params(rng):
+    return model.init({"params": rng}, jnp.zeros((1, tc.seq_len), jnp.int32))["params"]
+
+  def initial_params():
+    fresh = nn.meta.unbox(jax.jit(init_params)(jax.random.PRNGKey(config.seed)))
+    return {**fresh, "backbone": stage.params}
+
+  def loss_fn(params, batch, rng):
+    return ranking_loss(rewards_fn(params, batch), batch["scores"])
+
+  tokens = tc.global_batch_size * k * tc.seq_len
+  task = Task(init_params=init_params, loss_fn=loss_fn, data=batches, tokens_per_step=tokens,
+              flops_per_step=flops_per_token(model_cfg, tc.seq_len) * tokens,
+              initial_params=initial_params)
+  return task, model, tok, heldout
