@@ -63,6 +63,8 @@ def inherit(config: ml_collections.ConfigDict, parent: ml_collections.ConfigDict
   """
   with config.unlocked():
     config.model = ml_collections.ConfigDict(parent.model.to_dict())
+    if not config.model.max_len:  # record the context length the model was built with
+      config.model.max_len = parent.train.seq_len
     for key in WORLD_KEYS:
       if key in parent.data and config.data[key] != parent.data[key]:
         log.info("config.data.%s=%r taken from %s", key, parent.data[key], config.init_from)

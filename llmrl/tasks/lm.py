@@ -140,7 +140,8 @@ def load_stage(workdir: str, params_key: str | None = None) -> Stage:
     config = ml_collections.ConfigDict(json.load(f))
   tokenizer = data_lib.load_tokenizer(paths["tokenizer.model"])
   model_block = config.model.get("backbone", config.model)
-  cfg = make_gpt_config(model_block, tokenizer.vocab_size, config.train.seq_len)
+  seq_len = model_block.max_len or config.train.seq_len
+  cfg = make_gpt_config(model_block, tokenizer.vocab_size, seq_len)
   step, params = load_params(workdir)
   if params_key:
     params = params[params_key]

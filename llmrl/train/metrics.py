@@ -110,18 +110,19 @@ class Progress:
       out["perf/mfu"] = steps_per_s * self.flops / self.peak
     return out
 
-  def line(self, step: int, loss: float) -> str:
+  def line(self, step: int, loss: float, name: str = "loss") -> str:
     r = self.rates(step)
-    parts = [f"{self.label} step {step}/{self.total}", f"loss {loss:.4f}"]
+    parts = [f"{self.label} step {step}/{self.total}", f"{name} {loss:.4f}"]
     if r:
       parts.append(f"{_si(r['perf/tokens_per_s'])} tok/s")
-      parts.append(f"{r['perf/tflops']:.3f} TFLOP/s")
+      if self.flops:
+        parts.append(f"{r['perf/tflops']:.3f} TFLOP/s")
       if "perf/mfu" in r:
         parts.append(f"MFU {100 * r['perf/mfu']:.0f}%")
       eta = (self.total - step) / r["perf/steps_per_s"]
       parts.append(f"ETA {format_duration(eta)}")
     return " | ".join(parts)
 
-  def report(self, step: int, loss: float) -> None:
+  def report(self, step: int, loss: float, name: str = "loss") -> None:
     if self.enabled:
-      print(self.line(step, loss), file=self.stream, flush=True)
+      print(self.line(step, loss, name), file=self.stream, flush=True)

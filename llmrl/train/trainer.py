@@ -97,19 +97,23 @@ def _first_nonfinite(metrics: dict) -> str:
   return "train/finite=0"
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, task: Task,
-          *, mesh=None, stream=None) -> TrainResult:
-  """Trains `task` for config.train.steps, resuming from workdir if possible."""
-  tc = config.train
-  mesh = mesh or mesh_lib.make_mesh(config.mesh)
-  validate(tc, mesh)
-  primary = jax.process_index() == 0
-  tx, schedule = make_optimizer(config.optim, tc.steps, mask=task.trainable_mask)
-  rep = mesh_lib.replicated(mesh)
+class StateSetup(NamedTuple):
+  state: TrainState      # restored or freshly initialised, in its sharded layout
+  shardings: TrainState  # NamedSharding of every leaf
+  start: int             # step to continue from (0 when fresh)
+  data_state: Any        # this process's restored data-iterator state, or None
 
-  # Shapes and shardings first: nothing is allocated until we know the layout.
-  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  boxed = jax.eval_shape(task.init_params, init_rng)
+
+def setup_state(seed: int, init_params: Callable, tx, mesh, ckpt: Checkpointer,
+                initial_params: Callable | None = None) -> StateSetup:
+  """Shardings for (params, optimizer state), then restore from `ckpt` or initialise.
+
+  Parameters are initialised directly into their sharded layout (jit with
+  out_shardings), or placed from `initial_params()` (host arrays) when given.
+  """
+  rep = mesh_lib.replicated(mesh)
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
+  boxed = jax.eval_shape(init_params, init_rng)
   p_sh = mesh_lib.logical_shardings(boxed, mesh)
   p_shapes = nn.meta.unbox(boxed)
   mesh_lib.check_divisible(p_shapes, p_sh)
@@ -121,28 +125,39 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task,
       TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=p_shapes,
                  opt_state=o_shapes, rng=jax.ShapeDtypeStruct((2,), jnp.uint32)),
       state_sh)
-
-  ckpt = Checkpointer(f"{workdir}/checkpoints", keep=tc.keep_checkpoints,
-                      async_save=tc.async_checkpoint)
-  writer = MetricWriter(workdir, enabled=primary)
   restored = ckpt.restore_latest(abstract)
   if restored is not None:
     start, state, data_state = restored
-    task.data.set_state(data_state)
+    return StateSetup(state, state_sh, start, data_state)
+  with mesh_lib.activate(mesh):
+    if initial_params is not None:
+      params = jax.device_put(_check_like(initial_params(), p_shapes), p_sh)
+    else:
+      params = jax.jit(lambda k: nn.meta.unbox(init_params(k)), out_shardings=p_sh)(init_rng)
+    opt_state = jax.jit(tx.init, out_shardings=o_sh)(params)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                     rng=jax.device_put(jnp.asarray(state_rng, jnp.uint32), rep))
+  return StateSetup(state, state_sh, 0, None)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, task: Task,
+          *, mesh=None, stream=None) -> TrainResult:
+  """Trains `task` for config.train.steps, resuming from workdir if possible."""
+  tc = config.train
+  mesh = mesh or mesh_lib.make_mesh(config.mesh)
+  validate(tc, mesh)
+  primary = jax.process_index() == 0
+  tx, schedule = make_optimizer(config.optim, tc.steps, mask=task.trainable_mask)
+  ckpt = Checkpointer(f"{workdir}/checkpoints", keep=tc.keep_checkpoints,
+                      async_save=tc.async_checkpoint)
+  writer = MetricWriter(workdir, enabled=primary)
+  setup = setup_state(config.seed, task.init_params, tx, mesh, ckpt, task.initial_params)
+  state, state_sh, start = setup.state, setup.shardings, setup.start
+  rep = mesh_lib.replicated(mesh)
+  if setup.data_state is not None:
+    task.data.set_state(setup.data_state)
     writer.truncate_after(start)
     log.info("resumed from %s/checkpoints step %d", workdir, start)
-  else:
-    start = 0
-    with mesh_lib.activate(mesh):
-      if task.initial_params is not None:
-        params = jax.device_put(_check_like(task.initial_params(), p_shapes), p_sh)
-      else:
-        params = jax.jit(lambda k: nn.meta.unbox(task.init_params(k)),
-                         out_shardings=p_sh)(init_rng)
-      opt_state = jax.jit(tx.init, out_shardings=o_sh)(params)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                       opt_state=opt_state,
-                       rng=jax.device_put(jnp.asarray(state_rng, jnp.uint32), rep))
 
   batch_sh = mesh_lib.batch_sharding(mesh)
   micro_sh = NamedSharding(mesh, P(None, mesh_lib.BATCH_AXES))

@@ -1,0 +1,165 @@
+"""The PPO-RLHF run: rollouts with llmrl.decoding, updates with llmrl.train's step.
+
+Shares the engine's pieces: `setup_state` (sharded init or restore), the
+Checkpointer (params of policy + critic, optimizer state, RNG, and a data
+state holding the prompt-iterator position, β and the reward shift), the
+MetricWriter and the progress line. A killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from llmrl import data as data_lib
+from llmrl import decoding
+from llmrl.config import ConfigError, check_divides, check_enum
+from llmrl.models import GPT
+from llmrl.rlhf import ppo
+from llmrl.rlhf.reward import ScalarHeadModel
+from llmrl.rlhf.sft import inherit
+from llmrl.tasks import lm
+from llmrl.train import mesh as mesh_lib
+from llmrl.train.checkpoint import Checkpointer
+from llmrl.train.metrics import MetricWriter, Progress
+from llmrl.train.optim import make_optimizer
+from llmrl.train.step import make_train_step
+from llmrl.train.trainer import NonFiniteError, setup_state
+
+log = logging.getLogger("llmrl")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Checks config.ppo (and the stage paths) before anything is loaded."""
+  p = c.ppo
+  for key in ("sft_from", "rm_from"):
+    if not c[key]:
+      raise ConfigError(f"config.{key} is empty: PPO-RLHF needs the SFT and reward-model "
+                        "workdirs (--config.sft_from=... --config.rm_from=...).")
+  check_enum("ppo.kl_controller", p.kl_controller, ("adaptive", "proportional", "fixed"))
+  check_enum("ppo.kl_estimator", p.kl_estimator, ("k1", "k2", "k3"))
+  check_divides("config.ppo.minibatches", p.minibatches, "config.ppo.rollout_batch",
+                p.rollout_batch, "each epoch splits the rollout into equal minibatches")
+
+
+def prompt_arrays(tok, examples: list[dict]) -> dict:
+  """Left-padded chat prompts: ids/mask [N, P], and each prompt's example index."""
+  rows = [data_lib.chat.encode(tok, ex["prompt"]).ids for ex in examples]
+  width = max(len(r) for r in rows)
+  ids = np.full((len(rows), width), tok.pad_id, np.int32)
+  mask = np.zeros((len(rows), width), np.int32)
+  for i, r in enumerate(rows):
+    ids[i, width - len(r):], mask[i, width - len(r):] = r, 1
+  return {"ids": ids, "mask": mask, "index": np.arange(len(rows), dtype=np.int32)}
+
+
+def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> dict:
+  """Runs PPO-RLHF; returns the last logged metrics."""
+  validate(config)
+  pc = config.ppo
+  sft = lm.load_stage(config.sft_from)
+  rm = lm.load_stage(config.rm_from)
+  with config.unlocked():
+    config.init_from = config.sft_from
+  inherit(config, sft.config)
+  tok, cfg = sft.tokenizer, sft.model_config
+  os.makedirs(workdir, exist_ok=True)
+  shutil.copyfile(tok.path, os.path.join(workdir, "tokenizer.model"))
+  policy, critic = GPT(cfg), ScalarHeadModel(cfg)
+  examples = data_lib.examples(config.data, "preferences")
+  prompts = prompt_arrays(tok, examples)
+  plen = prompts["ids"].shape[1]
+  if plen + pc.max_new_tokens > cfg.max_len:
+    raise ConfigError(f"prompts of {plen} tokens + config.ppo.max_new_tokens="
+                      f"{pc.max_new_tokens} exceed the model's max_len={cfg.max_len}.")
+  batches = data_lib.example_batches(prompts, batch_size=pc.rollout_batch, seed=config.seed,
+                                     key="rlhf_prompts")
+  mesh = mesh_lib.make_mesh(config.mesh)
+  updates = pc.iterations * pc.epochs * pc.minibatches
+  tx, schedule = make_optimizer(config.optim, updates)
+
+  def init_params(rng):
+    x = jnp.zeros((1, plen + pc.max_new_tokens), jnp.int32)
+    return {"policy": policy.init({"params": rng}, x)["params"],
+            "critic": critic.init({"params": rng}, x)["params"]}
+
+  copy = lambda tree: jax.tree.map(lambda x: jnp.array(x, copy=True), tree)  # noqa: E731
+  ckpt = Checkpointer(f"{workdir}/checkpoints", keep=config.keep_checkpoints)
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  setup = setup_state(config.seed, init_params, tx, mesh, ckpt,
+                      lambda: {"policy": copy(sft.params), "critic": copy(rm.params)})
+  state, start = setup.state, setup.start
+  # Own copies: the train step donates the state, which starts from the same arrays.
+  ref_params, rm_params = copy(sft.params), copy(rm.params)
+  score_fn = jax.jit(ppo.make_scorer(policy, critic, ScalarHeadModel(cfg), pc, tok.end_id, plen))
+  step_fn = jax.jit(make_train_step(ppo.make_loss(policy, critic, pc, plen), tx, schedule),
+                    donate_argnums=0)
+  base_rng = jax.random.PRNGKey(config.seed + 1)
+
+  def rollout(params, batch, it, beta, shift):
+    out = decoding.generate(policy, params["policy"], batch["ids"],
+                            max_new_tokens=pc.max_new_tokens, method="sample",
+                            temperature=pc.temperature, eos_id=tok.end_id, pad_id=tok.pad_id,
+                            rng=jax.random.fold_in(base_rng, it), pad_to_multiple=plen)
+    return out, score_fn(params, ref_params, rm_params, batch["ids"], batch["mask"],
+                         out.tokens, out.lengths, beta, shift)
+
+  if setup.data_state is not None:
+    batches.set_state(setup.data_state["prompts"])
+    beta, shift = setup.data_state["beta"], setup.data_state["score_shift"]
+    writer.truncate_after(start)
+    log.info("resumed RLHF from %s/checkpoints iteration %d", workdir, start)
+  else:
+    # Normalise the reward so the SFT policy's own samples average 0 (InstructGPT).
+    probe = batches.source[10**6]  # a batch far from the training stream
+    _, (_, m0) = rollout(state.params, probe, 10**6, jnp.float32(0.0), jnp.float32(0.0))
+    beta, shift = float(pc.kl_coef), float(m0["ppo/rm_score"])
+    log.info("reward shift (mean RM score of SFT samples) = %.4f", shift)
+
+  progress = Progress(pc.iterations, start, pc.rollout_batch * pc.max_new_tokens, 0.0,
+                      stream=stream, enabled=jax.process_index() == 0, label="rlhf")
+  last = {}
+  try:
+    for it in range(start, pc.iterations):
+      batch = next(batches)
+      data_state = batches.get_state()
+      out, (roll, metrics) = rollout(state.params, batch, it, jnp.float32(beta),
+                                     jnp.float32(shift))
+      rows = dict(roll._asdict())
+      n = len(rows["seq"])
+      sums: dict = {}
+      for epoch in range(pc.epochs):
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(base_rng, it * 1000 + epoch), n))
+        for part in np.split(order, pc.minibatches):
+          state, m = step_fn(state, {k: v[part] for k, v in rows.items()})
+          for k, v in m.items():
+            sums.setdefault(k, []).append(v)
+      host = jax.device_get({**metrics, **{k: jnp.mean(jnp.stack(v)) for k, v in sums.items()}})
+      host = {k: float(v) for k, v in host.items()}
+      if host["train/finite"] < 1.0:
+        raise NonFiniteError(f"non-finite PPO update at iteration {it + 1}; the last good "
+                             f"checkpoint (iteration {ckpt.latest_step()}) is kept.")
+      texts = [tok.decode([t for t in row[:k] if t != tok.end_id])
+               for row, k in zip(np.asarray(out.tokens).tolist(), np.asarray(out.lengths))]
+      host["ppo/true_reward"] = float(np.mean([
+          data_lib.labeler.score(examples[i], t) for i, t in zip(batch["index"], texts)]))
+      beta = ppo.update_beta(beta, host["ppo/kl_mean"], pc, pc.rollout_batch)
+      done = it + 1
+      if it == start:
+        progress.start_timing(done)
+      writer.write(done, host)
+      progress.report(done, host["ppo/score"], name="score")
+      last = {"step": done, **host}
+      if done % config.checkpoint_every == 0 or done == pc.iterations:
+        ckpt.save(done, state, {"prompts": data_state, "beta": beta, "score_shift": shift})
+    writer.flush()
+  finally:
+    ckpt.close()
+    writer.close()
+  return last

@@ -1,0 +1,176 @@
+"""PPO-RLHF: the policy (from SFT) maximises the reward model's score minus β·KL.
+
+One iteration:
+  1. sample responses to a batch of chat prompts with llmrl.decoding.generate
+     (policy params, temperature 1, stop at <|end|>);
+  2. score them in one jitted pass: policy and frozen-reference log-probs of
+     the response tokens, critic values, and the frozen reward model's score
+     at the last response token (minus a penalty when no <|end|> was produced);
+  3. per-token rewards r_t = -β·k1_t (+ score at the last token), GAE(γ, λ),
+     whitened advantages (llmrl.rl.ppo_core, the same core classic PPO uses);
+  4. a few epochs of minibatch updates of {policy, critic} with the clipped
+     surrogate and clipped value loss, through llmrl.train.step's train step;
+  5. β follows the adaptive (×2 / ÷2) or proportional KL controller.
+Dropout is off in all four models (they are built deterministic).
+
+Sequence layout: [B, P + T] = left-padded prompt (P) then response (T);
+the log-prob / value of response token t is read at position P + t - 1.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from llmrl.models import GPT
+from llmrl.rl import ppo_core
+from llmrl.rlhf.reward import ScalarHeadModel
+
+
+class Rollout(NamedTuple):
+  """Everything the PPO epochs need, all [B, ...] arrays (one row per response)."""
+  seq: jax.Array          # [B, P+T] int32 prompt + response ids
+  segment_ids: jax.Array  # [B, P+T] 1 = real token, 0 = padding
+  positions: jax.Array    # [B, P+T]
+  mask: jax.Array         # [B, T] float32: 1 on response tokens (EOS included)
+  old_logp: jax.Array     # [B, T] policy log-probs when sampled
+  old_values: jax.Array   # [B, T] critic values
+  advantages: jax.Array   # [B, T] whitened
+  returns: jax.Array      # [B, T]
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """`config.ppo`: the RLHF PPO hyperparameters."""
+  c = ml_collections.ConfigDict()
+  c.iterations = 40            # rollout + update rounds
+  c.rollout_batch = 32         # prompts per iteration
+  c.max_new_tokens = 24        # response length limit
+  c.epochs = 2                 # passes over each rollout
+  c.minibatches = 2            # per epoch
+  c.clip_eps = 0.2             # policy ratio clip
+  c.value_clip_eps = 0.2       # value clip
+  c.vf_coef = 0.5
+  c.entropy_coef = 0.0
+  c.gamma = 1.0
+  c.lam = 0.95
+  c.kl_coef = 0.05             # initial β
+  c.kl_target = 1.0            # nats per response; used by the adaptive controller
+  c.kl_controller = "adaptive"  # "adaptive" (×2/÷2) | "proportional" (Ziegler) | "fixed"
+  c.kl_estimator = "k1"        # in the reward; k3 is logged as well
+  c.missing_eos_penalty = 1.0  # subtracted from the score when no <|end|> is produced
+  c.whiten_rewards = False
+  c.temperature = 1.0
+  return c
+
+
+def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+  """log softmax(logits)[tokens]: logits [B, T, V], tokens [B, T] -> [B, T] float32."""
+  logits = logits.astype(jnp.float32)
+  return (jnp.take_along_axis(logits, tokens[..., None], -1)[..., 0]
+          - jax.nn.logsumexp(logits, -1))
+
+
+def entropy(logits: jax.Array) -> jax.Array:
+  """Per-position entropy of softmax(logits): [B, T, V] -> [B, T]."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+  return -jnp.sum(jnp.exp(logp) * logp, -1)
+
+
+def response_view(x: jax.Array, prompt_len: int) -> jax.Array:
+  """Per-position outputs [B, P+T, ...] -> the ones that predict response tokens [B, T, ...]."""
+  return x[:, prompt_len - 1:-1]
+
+
+def sequences(prompt_ids, prompt_mask, tokens, lengths):
+  """(seq, segment_ids, positions, response mask) for left-padded prompts + responses."""
+  t = tokens.shape[1]
+  resp_mask = (jnp.arange(t)[None, :] < lengths[:, None]).astype(jnp.int32)  # [B, T]
+  seq = jnp.concatenate([prompt_ids, tokens], 1)  # [B, P+T]
+  seg = jnp.concatenate([prompt_mask, resp_mask], 1)  # [B, P+T]
+  positions = jnp.maximum(jnp.cumsum(seg, 1) - 1, 0)  # restart at the first real token
+  return seq, seg, positions, resp_mask.astype(jnp.float32)
+
+
+def make_scorer(policy: GPT, critic: ScalarHeadModel, reward_model: ScalarHeadModel,
+                c: ml_collections.ConfigDict, end_id: int, prompt_len: int):
+  """Builds score(params, ref_params, rm_params, prompt_ids, prompt_mask, tokens, lengths,
+  beta, score_shift) -> (Rollout, metrics): step 2 and 3 of the module docstring."""
+
+  def score(params, ref_params, rm_params, prompt_ids, prompt_mask, tokens, lengths,
+            beta, score_shift):
+    seq, seg, pos, mask = sequences(prompt_ids, prompt_mask, tokens, lengths)
+    resp = lambda x: response_view(x, prompt_len)  # noqa: E731
+    logits = policy.apply({"params": params["policy"]}, seq, pos, seg)
+    logp = token_logprobs(resp(logits), tokens) * mask  # [B, T]
+    ref_logp = token_logprobs(resp(policy.apply({"params": ref_params}, seq, pos, seg)),
+                              tokens) * mask
+    values = resp(critic.apply({"params": params["critic"]}, seq, pos, seg)) * mask
+    last = prompt_len + jnp.maximum(lengths, 1) - 1  # [B] index of the last response token
+    rm = jnp.take_along_axis(reward_model.apply({"params": rm_params}, seq, pos, seg),
+                             last[:, None], 1)[:, 0] - score_shift  # [B]
+    finished = jnp.any((tokens == end_id) & (mask > 0), 1)
+    scores = rm - c.missing_eos_penalty * (1.0 - finished)
+    kl = ppo_core.kl_estimate(logp, ref_logp, c.kl_estimator) * mask  # [B, T]
+    t = tokens.shape[1]
+    at_end = (jnp.arange(t)[None, :] == (jnp.maximum(lengths, 1) - 1)[:, None]) * mask
+    rewards = -beta * kl + at_end * scores[:, None]
+    if c.whiten_rewards:
+      rewards = ppo_core.whiten(rewards, mask, shift_mean=False)
+    adv, returns = ppo_core.gae(rewards, values, at_end, jnp.zeros(len(tokens)),
+                                gamma=c.gamma, lam=c.lam, mask=mask)
+    adv = ppo_core.whiten(adv, mask)
+    seq_kl = jnp.sum(kl, 1)
+    metrics = {
+        "ppo/score": jnp.mean(scores), "ppo/rm_score": jnp.mean(rm),
+        "ppo/kl_mean": jnp.mean(seq_kl),
+        "ppo/kl_k3": jnp.mean(jnp.sum(ppo_core.kl_estimate(logp, ref_logp, "k3") * mask, 1)),
+        "ppo/reward": jnp.mean(jnp.sum(rewards, 1)),
+        "ppo/response_length": jnp.mean(lengths.astype(jnp.float32)),
+        "ppo/finished": jnp.mean(finished.astype(jnp.float32)),
+        "ppo/entropy": ppo_core.masked_mean(entropy(resp(logits)), mask),
+        "ppo/beta": beta,
+    }
+    return Rollout(seq, seg, pos, mask, logp, values, adv, returns), metrics
+
+  return score
+
+
+def make_loss(policy: GPT, critic: ScalarHeadModel, c: ml_collections.ConfigDict,
+              prompt_len: int):
+  """PPO loss over a minibatch of Rollout rows, in the engine's (sum, (weight, sums)) form."""
+
+  def loss_fn(params, mb: dict, rng):
+    del rng
+    resp = lambda x: response_view(x, prompt_len)  # noqa: E731
+    tokens = mb["seq"][:, prompt_len:]
+    logits = resp(policy.apply({"params": params["policy"]}, mb["seq"], mb["positions"],
+                               mb["segment_ids"]))
+    logp = token_logprobs(logits, tokens)
+    mask = mb["mask"]
+    pg, stats = ppo_core.clipped_surrogate_loss(logp, mb["old_logp"], mb["advantages"],
+                                                clip_eps=c.clip_eps, mask=mask)
+    values = resp(critic.apply({"params": params["critic"]}, mb["seq"], mb["positions"],
+                               mb["segment_ids"]))
+    vf = ppo_core.value_loss(values, mb["old_values"], mb["returns"],
+                             clip_eps=c.value_clip_eps, mask=mask)
+    ent = ppo_core.entropy_bonus(entropy(logits), mask)
+    loss = pg + c.vf_coef * vf - c.entropy_coef * ent
+    sums = {"policy_loss": pg, "value_loss": vf, "entropy": ent,
+            "clip_frac": stats["clip_frac"], "ratio": stats["ratio_mean"],
+            "approx_kl": stats["approx_kl"]}
+    return loss, (jnp.float32(1.0), sums)
+
+  return loss_fn
+
+
+def update_beta(beta: float, kl: float, c: ml_collections.ConfigDict, n_steps: int) -> float:
+  """Next β from the configured KL controller."""
+  if c.kl_controller == "adaptive":
+    return float(ppo_core.adaptive_kl_update(beta, kl, c.kl_target))
+  if c.kl_controller == "proportional":
+    return float(ppo_core.proportional_kl_update(beta, kl, c.kl_target, n_steps=n_steps,
+                                                 horizon=10_000))
+  return beta
