@@ -10,15 +10,13 @@ input" end the run with one readable line and a non-zero exit code.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from typing import Callable
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from llmrl.config import ConfigError, check_key, config_to_dict, load_config_file, override_keys
+from llmrl.config import ConfigError, check_key, load_config_file, override_keys
 
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file(
@@ -70,15 +68,6 @@ def _bad_input_errors() -> tuple[type, ...]:
   except ImportError:
     pass
   return tuple(errors)
-
-
-def write_config(config, workdir: str) -> None:
-  """Saves the resolved config as workdir/config.json (process 0 only)."""
-  import jax
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
 
 
 def _setup_logging() -> None:

@@ -1,22 +1,11 @@
-"""Pretrain a decoder-only language model: see configs/pretrain.py for commands."""
-
-import logging
+"""Causal-LM pretraining (the first stage of the ChatGPT recipe): see configs/pretrain.py for commands."""
 
 from experiments import launch
 
 
 def main(config, workdir):
-  from llmrl.tasks import lm
-  from llmrl.train import mesh as mesh_lib
-  from llmrl.train import trainer
-  mesh = mesh_lib.make_mesh(config.mesh)  # fails fast on a bad mesh
-  trainer.validate(config.train, mesh)
-  launch.write_config(config, workdir)
-  task, model, _ = lm.make_task(config, workdir)
-  log = logging.getLogger("llmrl")
-  log.info(lm.describe(model))
-  final = trainer.train(config, workdir, task, mesh=mesh).metrics
-  log.info("final: %s", {k: round(v, 4) for k, v in final.items()})
+  from llmrl.rlhf import pipeline
+  pipeline.pretrain(config, workdir)
 
 
 if __name__ == "__main__":

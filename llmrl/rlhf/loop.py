@@ -124,7 +124,7 @@ def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> 
 
   progress = Progress(pc.iterations, start, pc.rollout_batch * pc.max_new_tokens, 0.0,
                       stream=stream, enabled=jax.process_index() == 0, label="rlhf")
-  last = {}
+  last = writer.last_record() if start else {}
   try:
     for it in range(start, pc.iterations):
       batch = next(batches)

@@ -62,6 +62,13 @@ class MetricWriter:
       f.writelines(json.dumps(r) + "\n" for r in kept)
     os.replace(tmp, self.path)
 
+  def last_record(self) -> dict:
+    """The newest record of metrics.jsonl ({} if none), e.g. for a run resumed at its end."""
+    if not self.enabled or not os.path.exists(self.path):
+      return {}
+    recs = [r for r in read_jsonl(self.path) if any(k.startswith(("train/", "ppo/")) for k in r)]
+    return recs[-1] if recs else {}
+
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return

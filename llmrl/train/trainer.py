@@ -174,7 +174,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task,
   progress = Progress(tc.steps, start, task.tokens_per_step, task.flops_per_step,
                       tc.peak_flops, stream=stream, enabled=primary)
   pending: list[tuple[int, dict]] = []
-  last: dict = {}
+  last: dict = writer.last_record() if start else {}
   try:
     for step in range(start, tc.steps):
       batch = to_global(next(task.data))

@@ -1,0 +1,1 @@
+"""Reports: plots (PNG) and summaries (Markdown + JSON) of finished runs."""

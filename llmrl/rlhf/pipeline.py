@@ -1,0 +1,102 @@
+"""The stages of the ChatGPT recipe as library calls; experiments and `chatgpt` chain them.
+
+Each stage trains in its own workdir and resumes there if re-run:
+  pretrain (causal LM) -> sft (response-only loss) -> reward_model (K-way
+  rankings) -> rlhf (PPO with a KL penalty).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import numpy as np
+
+from llmrl.config import config_to_dict
+from llmrl.models import GPT
+from llmrl.train import mesh as mesh_lib
+from llmrl.train import trainer
+
+log = logging.getLogger("llmrl")
+
+
+def write_config(config, workdir: str) -> None:
+  """Saves the resolved config as workdir/config.json (process 0 only)."""
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
+
+
+def _train(config, workdir: str, make_task) -> tuple[trainer.TrainResult, tuple]:
+  """Builds the task (make_task(config, workdir) -> (task, model, ...)) and trains it."""
+  from llmrl.tasks import lm
+  mesh = mesh_lib.make_mesh(config.mesh)  # fails fast on a bad mesh
+  trainer.validate(config.train, mesh)
+  built = make_task(config, workdir)
+  write_config(config, workdir)
+  log.info(lm.describe(GPT(built[1].config)))
+  return trainer.train(config, workdir, built[0], mesh=mesh), built
+
+
+def pretrain(config, workdir: str) -> dict:
+  from llmrl.tasks import lm
+  return _train(config, workdir, lm.make_task)[0].metrics
+
+
+def sft(config, workdir: str) -> dict:
+  from llmrl.rlhf import sft as sft_lib
+  return _train(config, workdir, sft_lib.make_task)[0].metrics
+
+
+def reward_model(config, workdir: str) -> dict:
+  """Trains the reward model and writes its held-out pairwise accuracy to eval.json."""
+  from llmrl.rlhf import reward
+  from llmrl.train.metrics import MetricWriter
+  result, (_, model, _, heldout) = _train(config, workdir, reward.make_task)
+  rewards = jax.jit(reward.make_rewards_fn(model))(
+      jax.device_get(result.state.params),
+      {k: heldout[k] for k in ("inputs", "segment_ids", "last")})
+  acc = reward.pairwise_accuracy(np.asarray(rewards), heldout["scores"])
+  log.info("reward_model.heldout_accuracy = %.3f over %d held-out prompts", acc,
+           len(heldout["scores"]))
+  if jax.process_index() == 0:
+    writer = MetricWriter(workdir)
+    writer.write(result.metrics.get("step", config.train.steps), {"eval/heldout_accuracy": acc})
+    writer.close()
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump({"reward_model.heldout_accuracy": acc,
+                 "heldout_prompts": int(len(heldout["scores"]))}, f, indent=2)
+  return {**result.metrics, "eval/heldout_accuracy": acc}
+
+
+def rlhf(config, workdir: str) -> dict:
+  """PPO-RLHF, then the labeler evaluation of the final policy (workdir/eval.json)."""
+  from llmrl.rlhf import loop
+  final = loop.train_rlhf(config, workdir)
+  write_config(config, workdir)
+  result = evaluate_stage(workdir, config.data, "chat", config.eval_max_new_tokens,
+                          params_key="policy")
+  return {**final, "eval": result}
+
+
+def evaluate_stage(workdir: str, data_config, style: str, max_new_tokens: int,
+                   params_key: str | None = None) -> dict:
+  """Labeler metrics of a stage's policy on eval_known / eval_unknown (also eval.json)."""
+  from llmrl import data
+  from llmrl.models import GPT
+  from llmrl.rlhf import evaluate
+  from llmrl.tasks import lm
+  stage = lm.load_stage(workdir, params_key=params_key)
+  result = evaluate.evaluate(GPT(stage.model_config), stage.params, stage.tokenizer,
+                             data.examples(data_config, "eval_known"),
+                             data.examples(data_config, "eval_unknown"),
+                             style=style, max_new_tokens=max_new_tokens)
+  log.info("%s: true_reward %.3f known_accuracy %.3f hallucination_rate %.3f", workdir,
+           result["true_reward"], result["known_accuracy"], result["hallucination_rate"])
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f"eval_{style}.json"), "w") as f:
+      json.dump(result, f, indent=2)
+  return result
