@@ -179,10 +179,10 @@ def test_unexpected_tensor_is_an_error(tmp_path):
 
 def test_unsupported_model_type(tmp_path):
   (tmp_path / "config.json").write_text(
-    json.dumps({"model_type": "bert", "architectures": ["BertModel"]})
+    json.dumps({"model_type": "bart", "architectures": ["BartForConditionalGeneration"]})
   )
   with pytest.raises(
-    ValueError, match=r"'bert'.*BertModel.*supported model_types: gpt2, llama"
+    ValueError, match=r"'bart'.*BartForConditionalGeneration.*supported model_types: bert, gpt2, llama, t5"
   ) as e:
     hf.load(tmp_path)
   assert str(tmp_path) in str(e.value)

@@ -4,8 +4,12 @@
     logits = model.apply({"params": params}, input_ids)  # [batch, length, vocab]
     hf.save(model, params, "out_dir")  # then AutoModelForCausalLM.from_pretrained("out_dir")
 
-Supported `model_type`s are the keys of `CONVERTERS` (gpt2, llama). Encoder
-and encoder-decoder families (BERT, T5) plug in by adding a converter here.
+Supported `model_type`s are the keys of `CONVERTERS`: gpt2, llama, bert and
+t5 (see hf_decoders.py and hf_encoders.py), for load and save. For T5,
+`model.apply({"params": params}, input_ids, decoder_input_ids, segment_ids=mask)`
+gives [batch, dec_len, vocab]; for BERT, `model.apply({"params": params},
+input_ids, token_type_ids=..., segment_ids=mask)` gives the MLM logits (a
+BertModel without an MLM head gives its hidden states).
 Tensors are read with `safetensors.numpy`, so loading needs no torch.
 """
 
@@ -20,10 +24,12 @@ from flax import linen as nn
 from safetensors.numpy import load_file, save_file
 
 from llmrl.interop.hf_decoders import GPT2, LLAMA, Converter, is_ignored, normalize_keys
+from llmrl.interop.hf_encoders import BERT, T5_CONVERTER
 from llmrl.models.gpt import GPT, GPTConfig
 
-CONVERTERS = {"gpt2": GPT2, "llama": LLAMA}
+CONVERTERS = {"gpt2": GPT2, "llama": LLAMA, "bert": BERT, "t5": T5_CONVERTER}
 _SUPPORTED = ", ".join(sorted(CONVERTERS))
+_FAMILY = {c.make_config: c for c in CONVERTERS.values() if c.make_config is not None}
 
 
 def _fail(path, msg: str):
@@ -88,10 +94,14 @@ def _get(tree: dict, path):
   return tree
 
 
-def _param_shapes(cfg: GPTConfig) -> dict:
-  """{path tuple: shape} of GPT(cfg)'s params, without materialising them."""
-  ids = jnp.zeros((1, 1), jnp.int32)
-  tree = nn.unbox(jax.eval_shape(GPT(cfg).init, {"params": jax.random.key(0)}, ids))["params"]
+def _param_shapes(cfg) -> dict:
+  """{path tuple: shape} of the model's params, without materialising them."""
+  converter = _FAMILY.get(type(cfg))
+  if converter is not None:
+    tree = converter.param_shapes(cfg)
+  else:
+    ids = jnp.zeros((1, 1), jnp.int32)
+    tree = nn.unbox(jax.eval_shape(GPT(cfg).init, {"params": jax.random.key(0)}, ids))["params"]
   leaves = jax.tree_util.tree_leaves_with_path(tree)
   return {tuple(k.key for k in p): tuple(s.shape) for p, s in leaves}
 
@@ -102,9 +112,9 @@ def _preview(keys, n=8) -> str:
 
 
 def load(path: str, *, adapter: Optional[str] = None, **config_overrides):
-  """Load an HF checkpoint folder as (GPT model, params).
+  """Load an HF checkpoint folder as (model, params): GPT, Bert or T5 by model_type.
 
-  config_overrides replace GPTConfig fields after conversion (e.g.
+  config_overrides replace config fields after conversion (e.g.
   dtype=jnp.bfloat16, attention_impl="jax", remat="full"). Params are plain
   (unboxed) nested dicts in `param_dtype` (float32 by default).
   """
@@ -115,18 +125,27 @@ def load(path: str, *, adapter: Optional[str] = None, **config_overrides):
     )
   hf_config = _read_config(path)
   converter = _converter(path, hf_config)
+  make_config = converter.make_config or GPTConfig
   try:
-    cfg = GPTConfig(**{**converter.config_from_hf(hf_config), **config_overrides})
+    kwargs = converter.config_from_hf(hf_config)
   except (KeyError, ValueError, TypeError) as e:
     _fail(path, f"cannot convert {hf_config.get('model_type')} config.json: {e}")
   tensors = normalize_keys(hf_config["model_type"], read_tensors(path))
+  if converter.normalize is not None:
+    tensors = converter.normalize(tensors)
+  try:
+    if converter.refine is not None:  # e.g. which heads / untied lm_head the file holds
+      kwargs = converter.refine(kwargs, tensors)
+    cfg = make_config(**{**kwargs, **config_overrides})
+  except (KeyError, ValueError, TypeError) as e:
+    _fail(path, f"cannot convert {hf_config.get('model_type')} config.json: {e}")
   entries = converter.entries(cfg)
   wanted = {e.hf_key for e in entries}
   missing = wanted - set(tensors)
   if missing:
     _fail(path, f"missing tensors for {converter.architecture}: {_preview(missing)}")
   extra = {k for k in tensors if k not in wanted and not is_ignored(converter, k)}
-  if cfg.tie_embeddings:
+  if isinstance(cfg, GPTConfig) and cfg.tie_embeddings:
     extra.discard("lm_head.weight")  # some tied checkpoints store the shared matrix twice
   if extra:
     _fail(
@@ -146,12 +165,22 @@ def load(path: str, *, adapter: Optional[str] = None, **config_overrides):
       if tuple(v.shape) != shapes[p]:
         _fail(path, f"tensor {e.hf_key} has shape {x.shape}; param {'/'.join(p)} needs {shapes[p]}")
       _set(params, p, jnp.asarray(v, cfg.param_dtype))
-  return GPT(cfg), params
+  return (converter.model or GPT)(cfg), params
 
 
-def _choose_type(cfg: GPTConfig) -> str:
+def _choose_type(cfg) -> str:
+  for model_type, converter in CONVERTERS.items():  # BERT, T5: one model_type per config class
+    if converter.make_config is not None and isinstance(cfg, converter.make_config):
+      why = converter.why_not(cfg)
+      if why is not None:
+        raise ValueError(
+          f"{type(cfg).__name__} cannot be written as a Hugging Face checkpoint ({why})"
+        )
+      return model_type
   reasons = []
   for model_type, converter in CONVERTERS.items():
+    if converter.make_config is not None:  # not a decoder-only family
+      continue
     why = converter.why_not(cfg)
     if why is None:
       return model_type
@@ -163,6 +192,9 @@ def _choose_type(cfg: GPTConfig) -> str:
 
 def save(model: GPT, params, path: str, extra_config: Optional[dict] = None) -> None:
   """Write config.json + model.safetensors for `transformers.AutoModelForCausalLM`.
+
+  Bert and T5 models are written as the matching transformers class
+  (BertForPreTraining, BertForMaskedLM, ..., T5ForConditionalGeneration).
 
   extra_config entries (e.g. bos_token_id, eos_token_id) are merged into config.json.
   """
@@ -196,8 +228,8 @@ def save(model: GPT, params, path: str, extra_config: Optional[dict] = None) -> 
     architectures=[converter.architecture],
     dtype="float32",
     torch_dtype="float32",
-    **converter.config_to_hf(cfg),
   )
+  hf_config.update(converter.config_to_hf(cfg))  # may name another architecture (BERT heads)
   hf_config.update(extra_config or {})
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w") as f:

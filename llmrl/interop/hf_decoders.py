@@ -56,6 +56,12 @@ class Converter:
   entries: Callable[[GPTConfig], list]
   why_not: Callable[[GPTConfig], Optional[str]]  # None if cfg can be saved as this type
   ignored: str  # regex of HF keys that are buffers, not parameters
+  # Other families (llmrl/interop/hf_encoders.py) set these; None = the GPT defaults.
+  model: Optional[Callable] = None  # config -> linen module
+  make_config: Optional[Callable] = None  # **kwargs -> config
+  param_shapes: Optional[Callable] = None  # config -> unboxed ShapeDtypeStruct tree
+  normalize: Optional[Callable[[dict], dict]] = None  # tensors -> tensors (key spellings)
+  refine: Optional[Callable[[dict, dict], dict]] = None  # (config kwargs, tensors) -> kwargs
 
 
 # ----------------------------------------------------------------------- GPT-2

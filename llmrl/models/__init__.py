@@ -1,13 +1,31 @@
-"""Model zoo: pure linen modules. Decoder-only transformers live in `gpt`."""
+"""Model zoo: pure linen modules.
 
-from llmrl.models.accounting import count_params, count_params_from_config, flops_per_token
+Decoder-only transformers live in `gpt`, the BERT encoder in `bert`, the T5
+encoder-decoder in `t5`; shared blocks in `layers` and `attention`.
+"""
+
+from llmrl.models.accounting import (
+  bert_flops_per_token,
+  count_params,
+  count_params_from_config,
+  flops_per_token,
+  t5_flops_per_example,
+)
+from llmrl.models.bert import Bert, BertConfig
 from llmrl.models.gpt import GPT, GPTConfig, init_cache
+from llmrl.models.t5 import T5, T5Config
 
 __all__ = [
   "GPT",
   "GPTConfig",
   "init_cache",
+  "Bert",
+  "BertConfig",
+  "T5",
+  "T5Config",
   "count_params",
   "count_params_from_config",
   "flops_per_token",
+  "bert_flops_per_token",
+  "t5_flops_per_example",
 ]

@@ -1,10 +1,18 @@
-"""Parameter and FLOP accounting for GPT models (for MFU and scaling laws)."""
+"""Parameter and FLOP accounting for GPT, BERT and T5 models (for MFU and scaling laws).
+
+FLOPs follow Kaplan et al. (2020, Table 1): 2 FLOPs per weight per token
+(multiply + add), plus the attention term 2 * layers * context * d_attn per
+token; training is 3x the forward pass. Norms, softmax and other elementwise
+work are not counted.
+"""
 
 import jax
 import numpy as np
 from flax import linen as nn
 
+from llmrl.models.bert import BertConfig
 from llmrl.models.gpt import GPTConfig
+from llmrl.models.t5 import T5Config
 
 
 def count_params(params) -> int:
@@ -12,8 +20,11 @@ def count_params(params) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(params))))
 
 
-def count_params_from_config(cfg: GPTConfig) -> dict:
+def count_params_from_config(cfg: GPTConfig | BertConfig | T5Config) -> dict:
   """Analytic parameter counts of `GPT(cfg)`, without building it.
+
+  BertConfig and T5Config are dispatched to `bert_param_counts` and
+  `t5_param_counts` (other keys, same `total` and `non_embedding`).
 
   Returns a dict of ints:
     total:              every parameter.
@@ -23,6 +34,10 @@ def count_params_from_config(cfg: GPTConfig) -> dict:
     non_embedding:      total minus the three above: Kaplan et al.'s N
                         (attention, MLP and norm parameters).
   """
+  if isinstance(cfg, BertConfig):
+    return bert_param_counts(cfg)
+  if isinstance(cfg, T5Config):
+    return t5_param_counts(cfg)
   d, h, kvh, dh, ff = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.d_head, cfg.d_ff
   bias = cfg.has_bias
   attn = d * h * dh + 2 * d * kvh * dh + h * dh * d  # q, k, v, out kernels
@@ -47,8 +62,11 @@ def count_params_from_config(cfg: GPTConfig) -> dict:
   )
 
 
-def flops_per_token(cfg: GPTConfig, seq_len: int, training: bool = True) -> float:
+def flops_per_token(cfg: GPTConfig | BertConfig, seq_len: int, training: bool = True) -> float:
   """Matmul FLOPs per token for a sequence of `seq_len` tokens.
+
+  BertConfig: see `bert_flops_per_token`; T5Config has two lengths, use
+  `t5_flops_per_example`.
 
   Forward (Kaplan et al. 2020, Table 1, plus the output logits):
       C_fwd = 2 * N + 2 * num_layers * seq_len * d_attn + 2 * d_model * vocab_size
@@ -59,6 +77,123 @@ def flops_per_token(cfg: GPTConfig, seq_len: int, training: bool = True) -> floa
       6 * N + 6 * num_layers * seq_len * d_attn + 6 * d_model * vocab_size.
   Norms, softmax and other elementwise work are not counted.
   """
+  if isinstance(cfg, BertConfig):
+    return bert_flops_per_token(cfg, seq_len, training)
+  if isinstance(cfg, T5Config):
+    raise TypeError("T5 has encoder and decoder lengths: use t5_flops_per_example(cfg, enc, dec)")
   n = count_params_from_config(cfg)["non_embedding"]
   forward = 2 * n + 2 * cfg.num_layers * seq_len * cfg.d_attn + 2 * cfg.d_model * cfg.vocab_size
+  return float(3 * forward if training else forward)
+
+
+def bert_param_counts(cfg: BertConfig) -> dict:
+  """Analytic parameter counts of `Bert(cfg)` (as transformers' num_parameters()).
+
+  With d = d_model, f = d_ff, V = vocab_size:
+    embeddings: V*d (token) + max_len*d (position) + type_vocab_size*d (type) + 2d (LayerNorm)
+    per block:  4d^2 + 4d (attention q, k, v, out with biases) + 2df + f + d (MLP)
+                + 4d (two LayerNorms)
+    pooler d^2 + d; MLM head d^2 + d + 2d + V (transform, LayerNorm, output
+    bias; the decoder is the tied token embedding); NSP 2d + 2; classifier
+    (d + 1) * num_labels.
+  Keys: total, non_embedding (total minus the three embedding tables),
+  token_embedding, position_embedding, type_embedding, blocks (all blocks),
+  heads (pooler + MLM + NSP + classifier).
+  """
+  d, f, v = cfg.d_model, cfg.d_ff, cfg.vocab_size
+  block = 4 * d * d + 4 * d + 2 * d * f + f + d + 4 * d
+  blocks = cfg.num_layers * block
+  heads = (d * d + d) * cfg.pooler + (d * d + 3 * d + v) * cfg.mlm_head
+  heads += (2 * d + 2) * cfg.nsp_head + (d + 1) * cfg.num_labels
+  token, position, types = v * d, cfg.max_len * d, cfg.type_vocab_size * d
+  total = token + position + types + 2 * d + blocks + heads
+  return dict(
+    total=total,
+    non_embedding=total - token - position - types,
+    token_embedding=token,
+    position_embedding=position,
+    type_embedding=types,
+    blocks=blocks,
+    heads=heads,
+  )
+
+
+def bert_flops_per_token(cfg: BertConfig, seq_len: int, training: bool = True) -> float:
+  """Matmul FLOPs per token of BERT on `seq_len`-token inputs.
+
+  Forward: C_fwd = 2 * N_blocks + 2 * num_layers * seq_len * d_model
+  (bidirectional attention over the whole input) + 2 * (d_model^2 +
+  d_model * vocab_size) for the MLM head when present (it is applied at every
+  position). Pooler/NSP/classifier work is per example and not counted.
+  Training: 3 * C_fwd.
+  """
+  n = bert_param_counts(cfg)["blocks"]
+  forward = 2 * n + 2 * cfg.num_layers * seq_len * cfg.d_model
+  if cfg.mlm_head:
+    forward += 2 * (cfg.d_model**2 + cfg.d_model * cfg.vocab_size)
+  return float(3 * forward if training else forward)
+
+
+def _t5_parts(cfg: T5Config) -> tuple:
+  """(attention, mlp) parameters of one T5 attention layer and one MLP (no biases)."""
+  d, inner = cfg.d_model, cfg.d_attn
+  n_in = 2 if cfg.mlp_type in ("swiglu", "geglu") else 1
+  return 4 * d * inner, (n_in + 1) * d * cfg.d_ff
+
+
+def t5_param_counts(cfg: T5Config) -> dict:
+  """Analytic parameter counts of `T5(cfg)` (as transformers' num_parameters()).
+
+  With d = d_model, i = num_heads * head_dim, f = d_ff (gated MLPs have two
+  input matrices), B = relative_buckets, h = num_heads:
+    encoder block: 4di (q, k, v, o) + (1 or 2)df + fd + 2d (RMSNorm scales)
+    decoder block: 8di (self + cross attention) + MLP + 3d
+    per stack: B*h relative position table + d final norm
+    shared embedding V*d; lm_head d*V when untied.
+  Keys: total, non_embedding (total minus shared embedding and lm_head),
+  token_embedding, lm_head, encoder, decoder.
+  """
+  d = cfg.d_model
+  attn, mlp = _t5_parts(cfg)
+  table = cfg.relative_buckets * cfg.num_heads
+  encoder = cfg.num_layers * (attn + mlp + 2 * d) + table + d
+  decoder = cfg.decoder_layers * (2 * attn + mlp + 3 * d) + table + d
+  token = cfg.vocab_size * d
+  lm_head = 0 if cfg.tied else d * cfg.vocab_size
+  return dict(
+    total=encoder + decoder + token + lm_head,
+    non_embedding=encoder + decoder,
+    token_embedding=token,
+    lm_head=lm_head,
+    encoder=encoder,
+    decoder=decoder,
+  )
+
+
+def t5_flops_per_example(cfg: T5Config, enc_len: int, dec_len: int, training: bool = True) -> float:
+  """Matmul FLOPs of T5 on one example with `enc_len` input and `dec_len` target tokens.
+
+  Forward, with N_enc / N_dec the encoder / decoder parameters (norms and
+  position tables included, as in Kaplan's N) and N_x = 2 * d_model * d_attn
+  * decoder_layers the cross-attention key/value projections, which run over
+  the encoder output:
+      C_fwd = 2 * N_enc * enc_len + 2 * N_x * enc_len + 2 * (N_dec - N_x) * dec_len
+            + 2 * layers_enc * enc_len^2 * d_attn            (encoder self-attention)
+            + 2 * layers_dec * dec_len^2 * d_attn            (decoder self-attention)
+            + 2 * layers_dec * dec_len * enc_len * d_attn    (cross-attention)
+            + 2 * d_model * vocab_size * dec_len             (output logits)
+  Training: 3 * C_fwd.
+  """
+  counts = t5_param_counts(cfg)
+  n_x = 2 * cfg.d_model * cfg.d_attn * cfg.decoder_layers
+  a = cfg.d_attn
+  forward = (
+    2 * counts["encoder"] * enc_len
+    + 2 * n_x * enc_len
+    + 2 * (counts["decoder"] - n_x) * dec_len
+    + 2 * cfg.num_layers * enc_len**2 * a
+    + 2 * cfg.decoder_layers * dec_len**2 * a
+    + 2 * cfg.decoder_layers * dec_len * enc_len * a
+    + 2 * cfg.d_model * cfg.vocab_size * dec_len
+  )
   return float(3 * forward if training else forward)

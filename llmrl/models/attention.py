@@ -176,7 +176,13 @@ def attend(
 
 
 class Attention(nn.Module):
-  """Self-attention with separate q/k/v kernels [embed, heads, head_dim].
+  """Self- or cross-attention with separate q/k/v kernels [embed, heads, head_dim].
+
+  Cross-attention: pass `kv` [batch, lk, embed] (e.g. the encoder output) and
+  its `kv_segment_ids` (0 = padding); queries see the keys of their own
+  segment (query segment ids default to 1, so with an HF attention_mask every
+  query sees every non-padding key). Cross-attention never uses the cache or
+  RoPE; build it with causal=False.
 
   In `decode` mode keys/values are written into a preallocated cache
   (collection "cache": cached_key/cached_value [batch, max_len, kv_heads,
@@ -196,30 +202,40 @@ class Attention(nn.Module):
   impl: str = "plain"
   block_size: int = 128
   decode: bool = False
+  cache_layout: str = "length_major"  # KV cache [b, len, kvh, d]; "head_major": [b, kvh, len, d]
   init_std: float = 0.02
   out_init_std: float = 0.02
+  query_init_std: Optional[float] = None  # None: init_std (T5 scales queries by head_dim**-0.5)
+  scale: Optional[float] = None  # multiplier of q.k; None: head_dim**-0.5 (T5: 1.0)
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
-  def _proj(self, heads, heads_axis, name):
+  def _proj(self, heads, heads_axis, name, std=None):
     return Dense(
       features=(heads, self.head_dim),
       kernel_axes=("embed", heads_axis, "head_dim"),
       use_bias=self.use_bias,
-      init_std=self.init_std,
+      init_std=self.init_std if std is None else std,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name=name,
     )
 
   @nn.compact
-  def __call__(self, x, positions, segment_ids=None):
-    """x [batch, length, embed], positions [batch, length] -> [batch, length, embed]."""
+  def __call__(self, x, positions, segment_ids=None, kv=None, kv_segment_ids=None, bias=None):
+    """x [batch, length, embed], positions [batch, length] -> [batch, length, embed].
+
+    kv [batch, lk, embed]: cross-attention over kv (kv_segment_ids [batch, lk]).
+    bias [batch or 1, heads, length, lk] float: added to the attention scores
+    (lk = the cache length in decode mode).
+    """
     b, length, _ = x.shape
-    q = self._proj(self.num_heads, "heads", "query")(x)  # [b, l, h, d]
-    k = self._proj(self.num_kv_heads, "kv_heads", "key")(x)  # [b, l, kvh, d]
-    v = self._proj(self.num_kv_heads, "kv_heads", "value")(x)  # [b, l, kvh, d]
-    if self.rope_base is not None:
+    cross = kv is not None
+    kv = x if kv is None else kv
+    q = self._proj(self.num_heads, "heads", "query", self.query_init_std)(x)  # [b, l, h, d]
+    k = self._proj(self.num_kv_heads, "kv_heads", "key")(kv)  # [b, lk, kvh, d]
+    v = self._proj(self.num_kv_heads, "kv_heads", "value")(kv)  # [b, lk, kvh, d]
+    if self.rope_base is not None and not cross:
       q = apply_rope(q, positions, self.rope_base)
       k = apply_rope(k, positions, self.rope_base)
     q = nn.with_logical_constraint(q, ("act_batch", "act_length", "act_heads", "act_head_dim"))
@@ -227,9 +243,14 @@ class Attention(nn.Module):
     v = nn.with_logical_constraint(v, ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
 
     q_index = jnp.arange(length)  # [l]
-    k_index = jnp.arange(length)  # [l]
+    k_index = jnp.arange(k.shape[1])  # [lk]
     q_seg, k_seg = segment_ids, segment_ids
-    if self.decode:
+    if cross:
+      q_seg, k_seg = segment_ids, kv_segment_ids
+      if (q_seg is None) != (k_seg is None):
+        ones = jnp.ones((b, length if q_seg is None else k.shape[1]), jnp.int32)
+        q_seg, k_seg = (ones, k_seg) if q_seg is None else (q_seg, ones)
+    elif self.decode:
       q_index, k_index, k, v, q_seg, k_seg = self._update_cache(k, v, segment_ids)
 
     out = attend(
@@ -243,6 +264,8 @@ class Attention(nn.Module):
       causal=self.causal,
       impl=self.impl,
       block_size=self.block_size,
+      bias=bias,
+      scale=self.scale,
     )  # [b, l, h, d]
     return Dense(
       features=x.shape[-1],
@@ -261,7 +284,12 @@ class Attention(nn.Module):
     if segment_ids is None:
       segment_ids = jnp.ones((b, length), jnp.int32)
     initialized = self.has_variable("cache", "cached_key")
+    # head_major stores [b, kvh, len, d]: the attention einsums then read the
+    # cache in place instead of transposing all of it at every decoding step.
+    heads_first = self.cache_layout == "head_major"
     shape = (b, self.max_len, self.num_kv_heads, self.head_dim)
+    if heads_first:
+      shape = (b, self.num_kv_heads, self.max_len, self.head_dim)
     ck = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
     cv = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
     cs = self.variable("cache", "cached_segment", jnp.zeros, (b, self.max_len), jnp.int32)
@@ -270,9 +298,16 @@ class Attention(nn.Module):
     if not initialized:  # init: create the cache, attend within the chunk
       return q_index, q_index, k, v, segment_ids, segment_ids
     i = ci.value
-    ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, i, 0, 0))
-    cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, i, 0, 0))
+    if heads_first:
+      k, v, at = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), (0, 0, i, 0)  # [b, kvh, l, d]
+    else:
+      at = (0, i, 0, 0)
+    ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), at)
+    cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), at)
     cs.value = jax.lax.dynamic_update_slice(cs.value, segment_ids.astype(jnp.int32), (0, i))
     ci.value = i + length
-    k_index = jnp.arange(ck.value.shape[1])  # [cache_len]: max_len, or shorter if the caller sized it
-    return i + q_index, k_index, ck.value, cv.value, segment_ids, cs.value
+    keys, values = ck.value, cv.value
+    if heads_first:  # back to [b, len, kvh, d] for the kernels; XLA folds the two transposes
+      keys, values = jnp.swapaxes(keys, 1, 2), jnp.swapaxes(values, 1, 2)
+    k_index = jnp.arange(keys.shape[1])  # [cache_len]: max_len, or shorter if the caller sized it
+    return i + q_index, k_index, keys, values, segment_ids, cs.value

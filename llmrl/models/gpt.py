@@ -27,6 +27,7 @@ from llmrl.models.layers import MLP, MLPS, NORMS, Dense, Embed, PositionEmbed, m
 STYLES = ("gpt2", "llama")
 POSITION_EMBEDDINGS = ("learned", "rope", "none")
 REMAT = ("none", "full", "dots")
+CACHE_LAYOUTS = ("length_major", "head_major")
 _STYLE_DEFAULTS = {  # norm, mlp, position_embedding, use_bias
   "gpt2": ("layernorm", "gelu", "learned", True),
   "llama": ("rmsnorm", "swiglu", "rope", False),
@@ -85,6 +86,9 @@ class GPTConfig:
   remat: str = "none"
   # Incremental decoding with a KV cache (the "cache" collection).
   decode: bool = False
+  # KV cache layout: "length_major" [b, len, kv_heads, head_dim] or "head_major"
+  # [b, kv_heads, len, head_dim] (faster on CPU: no per-step cache transposes).
+  cache_layout: str = "length_major"
 
   def __post_init__(self):
     object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
@@ -103,6 +107,7 @@ class GPTConfig:
       ("position_embedding", self.position_type, POSITION_EMBEDDINGS),
       ("attention_impl", self.attention_impl, ATTENTION_IMPLS),
       ("remat", self.remat, REMAT),
+      ("cache_layout", self.cache_layout, CACHE_LAYOUTS),
     ):
       if value not in allowed:
         bad(f"{field}={value!r} is not one of {allowed}")
@@ -187,6 +192,7 @@ class Block(nn.Module):
       impl=cfg.attention_impl,
       block_size=cfg.attention_block_size,
       decode=cfg.decode,
+      cache_layout=cfg.cache_layout,
       init_std=cfg.init_std,
       out_init_std=out_std,
       dtype=cfg.dtype,

@@ -9,6 +9,7 @@ Parameters are stored in `param_dtype` and cast to the compute `dtype` at use;
 norms compute in float32.
 """
 
+import math
 from typing import Any, Sequence, Union
 
 import jax
@@ -230,3 +231,63 @@ class MLP(nn.Module):
       h = act(dense(self.d_ff, ("embed", "mlp"), self.init_std, "wi")(x))  # [b, l, mlp]
     h = nn.with_logical_constraint(h, ("act_batch", "act_length", "act_mlp"))
     return dense(x.shape[-1], ("mlp", "embed"), self.out_init_std, "wo")(h)  # [b, l, embed]
+
+
+def relative_position_bucket(
+  relative_position, bidirectional: bool, num_buckets: int = 32, max_distance: int = 128
+):
+  """T5's bucket of each relative position (key index - query index), int32 in [0, num_buckets).
+
+  Bidirectional (encoder): half the buckets for keys before the query, half
+  after. Causal (decoder): only keys at or before the query (later ones share
+  bucket 0 and are masked anyway). Of each half, the first half of the
+  buckets are exact distances 0..max_exact-1, the rest grow logarithmically
+  up to max_distance; farther keys share the last bucket. Same float32
+  arithmetic as Mesh TensorFlow / transformers' T5Attention._relative_position_bucket.
+  """
+  n = num_buckets
+  rel = jnp.asarray(relative_position, jnp.int32)
+  ret = jnp.zeros_like(rel)
+  if bidirectional:
+    n //= 2
+    ret = ret + (rel > 0).astype(jnp.int32) * n
+    rel = jnp.abs(rel)
+  else:
+    rel = -jnp.minimum(rel, 0)
+  max_exact = n // 2
+  log_ratio = jnp.log(jnp.maximum(rel, 1).astype(jnp.float32) / jnp.float32(max_exact))
+  log_ratio = log_ratio / jnp.float32(math.log(max_distance / max_exact))
+  large = max_exact + (log_ratio * jnp.float32(n - max_exact)).astype(jnp.int32)
+  large = jnp.minimum(large, n - 1)
+  return ret + jnp.where(rel < max_exact, rel, large)
+
+
+class RelativePositionBias(nn.Module):
+  """T5 relative position bias: a learned scalar per (bucket, head) added to the scores.
+
+  One table [num_buckets, heads] per stack, shared by all its layers (T5
+  computes it in the first layer and passes it on; llmrl computes it once in
+  the stack and hands the same array to every layer).
+  """
+
+  num_heads: int
+  num_buckets: int = 32
+  max_distance: int = 128
+  bidirectional: bool = True
+  init_std: float = 0.02
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, q_index, k_index):
+    """q_index [lq], k_index [lk] int (absolute token indices) -> bias [1, heads, lq, lk]."""
+    table = self.param(
+      "embedding",
+      _normal(self.init_std, (None, "heads")),
+      (self.num_buckets, self.num_heads),
+      self.param_dtype,
+    )
+    rel = k_index[None, :] - q_index[:, None]  # [lq, lk]
+    buckets = relative_position_bucket(rel, self.bidirectional, self.num_buckets, self.max_distance)
+    values = jnp.take(table.astype(jnp.float32), buckets, axis=0)  # [lq, lk, heads]
+    return jnp.transpose(values, (2, 0, 1))[None].astype(self.dtype)  # [1, heads, lq, lk]
