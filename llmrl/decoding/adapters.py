@@ -1,0 +1,239 @@
+"""What the decoding loops need from a model: a prefill and a one-token step.
+
+The loops in `llmrl.decoding` never call a model directly; they talk to a
+`DecodeAdapter`, so any architecture plugs in by writing one:
+
+    logits, state = adapter.prefill(params, ids, mask, max_new_tokens)  # ids/mask [b, p]
+    logits, state = adapter.step(params, state, tokens)                 # tokens [b]
+
+`logits` are float32 [b, vocab] for the next token; `state` is any pytree
+whose array leaves have the batch on axis 0 (scalars are shared), e.g. a KV
+cache. The loops move its rows themselves (`gather_rows` repeats prompts for
+beams and num_return_sequences, `select_beams` follows beam parents); an
+adapter may define `select_beams(state, parents)` to do the latter faster.
+
+Decoder-only (here): the left-padded prompt is prefilled into a KV cache of
+p + max_new_tokens slots; positions restart at 0 at each row's first real
+token and padding has segment id 0, so it is never attended.
+Encoder-decoder (e.g. a future T5): `prefill` encodes the prompt (encoder
+input, mask = encoder padding), keeps the encoder outputs in `state`, and
+runs the decoder on its start token; `step` runs the decoder with cross
+attention; the encoder outputs are batch-first state leaves, so they follow
+the beams with the cache. Nothing in the loops changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+
+from llmrl.models.gpt import GPT, init_cache
+
+
+@runtime_checkable
+class DecodeAdapter(Protocol):
+  """A model as seen by the decoding loops (hashable: it is a static jit argument)."""
+
+  vocab_size: int
+
+  def check_lengths(self, prompt_len: int, max_new_tokens: int) -> None:
+    """Raises ValueError (naming the argument) if the lengths do not fit the model."""
+
+  def prefill(self, params, ids, mask, max_new_tokens: int) -> tuple[jax.Array, Any]:
+    """ids/mask [b, p] (left-padded; mask 1 = real) -> (next-token logits [b, vocab], state)."""
+
+  def step(self, params, state, tokens) -> tuple[jax.Array, Any]:
+    """tokens [b] (the last chosen tokens) -> (next-token logits [b, vocab], state)."""
+
+
+_CHUNK = 16  # cache slots per step of the in-place beam reordering loop
+
+
+def gather_rows(tree, rows):
+  """tree leaves [b, ...] -> [len(rows), ...] (rows in range); scalar leaves are kept."""
+  take = lambda x: x if jnp.ndim(x) == 0 else jnp.take(x, rows, axis=0, mode="clip")  # noqa: E731
+  return jax.tree.map(take, tree)
+
+
+def _select(x, parents):
+  """x [b * k, ...] with row i * k + j replaced by row i * k + parents[i, j] [b, k].
+
+  A chain of k selects instead of a gather: XLA's CPU gather is several
+  times slower than a copy on a large KV cache.
+  """
+  b, k = parents.shape
+  xs = x.reshape((b, k) + x.shape[1:])  # [b, k, ...]
+  p = parents.reshape((b, k) + (1,) * (x.ndim - 1))
+  out = xs[:, :1]
+  for j in range(1, k):
+    out = jnp.where(p == j, xs[:, j : j + 1], out)  # [b, k, ...]
+  return out.reshape(x.shape)
+
+
+def select_beams(tree, parents):
+  """Beam reordering of every leaf [b * k, ...] (scalars kept); parents [b, k] in [0, k)."""
+  return jax.tree.map(lambda x: x if jnp.ndim(x) == 0 else _select(x, parents), tree)
+
+
+def prompt_positions(mask):
+  """mask [b, p] (1 = real, left padding) -> positions [b, p], 0 at the first real token."""
+  return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
+
+
+def _last_logits(module: GPT, ids, positions, segment_ids):
+  """Logits of the last position only [b, vocab] (the whole prompt is still cached)."""
+  hidden = module.hidden_states(ids, positions, segment_ids)  # [b, p, embed]
+  return module.logits(hidden[:, -1:])[:, 0]  # [b, vocab]
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedDecoder:
+  """llmrl's decoder-only `GPT` with a preallocated KV cache (the normal path)."""
+
+  model: GPT
+
+  @property
+  def vocab_size(self) -> int:
+    return self.model.config.vocab_size
+
+  @property
+  def decode_config(self):
+    # Head-major cache: attention reads it without a per-step transpose of the whole cache.
+    return self.model.config.replace(decode=True, cache_layout="head_major")
+
+  @property
+  def decode_model(self) -> GPT:
+    return GPT(self.decode_config)
+
+  def check_lengths(self, prompt_len: int, max_new_tokens: int) -> None:
+    max_len = self.model.config.max_len
+    if prompt_len + max_new_tokens > max_len:
+      raise ValueError(
+        f"prompts: the longest prompt has {prompt_len} tokens and max_new_tokens={max_new_tokens}; "
+        f"together {prompt_len + max_new_tokens} exceed the model's max_len={max_len}. "
+        "Shorten the prompt or lower max_new_tokens."
+      )
+
+  def prefill(self, params, ids, mask, max_new_tokens: int):
+    b, p = ids.shape
+    # Each step attends over the whole cache, so it has only p + max_new_tokens
+    # slots (rounded up to whole beam-reordering chunks; extra slots are never seen).
+    new_slots = -(-max_new_tokens // _CHUNK) * _CHUNK
+    cache = init_cache(self.decode_config.replace(max_len=p + new_slots), b)
+    positions = prompt_positions(mask)  # [b, p]
+    logits, variables = self.decode_model.apply(
+      {"params": params, "cache": cache},
+      ids,
+      positions,
+      mask.astype(jnp.int32),  # segment ids: 1 = prompt, 0 = padding
+      method=_last_logits,
+      mutable=["cache"],
+    )
+    state = {
+      "cache": variables["cache"],
+      "position": positions[:, -1] + 1,  # [b] the next token's position
+      "prompt_len": jnp.asarray(p, jnp.int32),  # [] cache slots holding the prompt
+    }
+    return logits.astype(jnp.float32), state
+
+  def step(self, params, state, tokens):
+    b = tokens.shape[0]
+    logits, variables = self.decode_model.apply(
+      {"params": params, "cache": state["cache"]},
+      tokens[:, None],  # [b, 1]
+      state["position"][:, None],  # [b, 1]
+      jnp.ones((b, 1), jnp.int32),
+      mutable=["cache"],
+    )  # [b, 1, vocab]
+    state = dict(state, cache=variables["cache"], position=state["position"] + 1)
+    return logits[:, 0].astype(jnp.float32), state
+
+  def select_beams(self, state, parents):
+    """Beam reordering that moves only the generated keys/values.
+
+    Beams of one prompt share its cache slots, positions and segment ids, so
+    only cached_key/cached_value slots in [prompt_len, written) differ; they
+    are reordered chunk by chunk, in place: about half the bytes of
+    reordering the whole cache, which dominates beam search on a CPU.
+    """
+    leaves, tree = jax.tree_util.tree_flatten_with_path(state["cache"])
+    names = [str(getattr(path[-1], "key", "")) for path, _ in leaves]
+    kv = [i for i, n in enumerate(names) if n in ("cached_key", "cached_value")]
+    written = next(x for n, (_, x) in zip(names, leaves) if n == "cache_index")
+    start = state["prompt_len"]
+
+    def chunk(j, arrays):  # arrays: head-major [b * k, kvh, cache_len, d]
+      at = start + j * _CHUNK
+      return [
+        jax.lax.dynamic_update_slice_in_dim(
+          x, _select(jax.lax.dynamic_slice_in_dim(x, at, _CHUNK, 2), parents), at, 2
+        )
+        for x in arrays
+      ]
+
+    n_chunks = (written - start + _CHUNK - 1) // _CHUNK
+    moved = jax.lax.fori_loop(0, n_chunks, chunk, [leaves[i][1] for i in kv])
+    values = [x for _, x in leaves]
+    for i, x in zip(kv, moved):
+      values[i] = x
+    return dict(state, cache=jax.tree_util.tree_unflatten(tree, values))
+
+
+@dataclasses.dataclass(frozen=True)
+class UncachedDecoder:
+  """Reference decoder without a cache: every step re-runs the whole sequence.
+
+  O(length^2) per step; used to check the cache and to measure what it saves.
+  """
+
+  model: GPT
+
+  @property
+  def vocab_size(self) -> int:
+    return self.model.config.vocab_size
+
+  def check_lengths(self, prompt_len: int, max_new_tokens: int) -> None:
+    CachedDecoder(self.model).check_lengths(prompt_len, max_new_tokens)
+
+  def _logits_at(self, params, state):
+    model = GPT(self.model.config.replace(decode=False))
+    logits = model.apply(
+      {"params": params}, state["ids"], prompt_positions(state["mask"]), state["mask"]
+    )  # [b, p + max_new, vocab]
+    b = logits.shape[0]
+    return logits[jnp.arange(b), state["index"] - 1].astype(jnp.float32)  # [b, vocab]
+
+  def prefill(self, params, ids, mask, max_new_tokens: int):
+    b, p = ids.shape
+    pad = ((0, 0), (0, max_new_tokens))
+    state = {
+      "ids": jnp.pad(ids, pad),  # [b, p + max_new]
+      "mask": jnp.pad(mask.astype(jnp.int32), pad),  # 0 = padding or not yet generated
+      "index": jnp.full((b,), p, jnp.int32),  # where the next token goes
+    }
+    return self._logits_at(params, state), state
+
+  def step(self, params, state, tokens):
+    b = tokens.shape[0]
+    rows, index = jnp.arange(b), state["index"]
+    state = {
+      "ids": state["ids"].at[rows, index].set(tokens),
+      "mask": state["mask"].at[rows, index].set(1),
+      "index": index + 1,
+    }
+    return self._logits_at(params, state), state
+
+
+def as_adapter(model, use_cache: bool = True) -> DecodeAdapter:
+  """A DecodeAdapter for `model` (a GPT, or already an adapter)."""
+  if isinstance(model, GPT):
+    return CachedDecoder(model) if use_cache else UncachedDecoder(model)
+  if isinstance(model, DecodeAdapter):
+    return model
+  raise ValueError(
+    f"model: {type(model).__name__} is not supported by llmrl.decoding; pass an llmrl GPT "
+    "or wrap the model in a DecodeAdapter (see llmrl/decoding/adapters.py)"
+  )
