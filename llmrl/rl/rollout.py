@@ -1,0 +1,132 @@
+"""On-policy rollouts over vectorised environments, and policy evaluation.
+
+`collect` runs `num_steps` steps of `num_envs` auto-resetting environments in
+one `lax.scan` and returns a time-major `Rollout` ([steps, envs, ...]); the
+algorithms transpose to the batch-major [envs, steps] layout of ppo_core.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from llmrl.rl import normalize as norm_lib
+from llmrl.rl.envs import AutoReset, EpisodeStats
+
+
+class Rollout(NamedTuple):
+  obs: jax.Array         # [T, N, *obs]  (normalised when normalisation is on)
+  action: jax.Array      # [T, N, *act]
+  logp: jax.Array        # [T, N]
+  reward: jax.Array      # [T, N]
+  done: jax.Array        # [T, N] episode ended (terminated or truncated)
+  truncated: jax.Array   # [T, N] ended by the time limit only
+  final_obs: jax.Array   # [T, N, *obs] observation before the auto-reset
+
+
+class EnvRunner(NamedTuple):
+  """Vectorised reset/step of an auto-resetting, return-tracking environment."""
+  env: Any
+  params: Any
+  num_envs: int
+
+  @classmethod
+  def create(cls, env, params, num_envs: int) -> "EnvRunner":
+    return cls(EpisodeStats(AutoReset(env)), params, num_envs)
+
+  def reset(self, key):
+    keys = jax.random.split(key, self.num_envs)
+    return jax.vmap(self.env.reset, in_axes=(0, None))(keys, self.params)
+
+  def step(self, keys, state, action):
+    return jax.vmap(self.env.step, in_axes=(0, 0, 0, None))(keys, state, action, self.params)
+
+
+def collect(runner: EnvRunner, policy: Callable, params, env_state, obs,
+            obs_stats, key, num_steps: int, normalize_obs: bool, clip_actions=None):
+  """num_steps steps of every environment -> (env_state, obs, obs_stats, Rollout, episodes).
+
+  policy(params, obs) -> action distribution. `obs` is the raw observation;
+  when `normalize_obs`, the running stats are updated with every new
+  observation and the rollout holds normalised ones. Values are not computed
+  here: one batched pass over `Rollout.obs` afterwards is much cheaper than a
+  critic call per step. `episodes` holds sums over the episodes that ended
+  (see `episode_metrics`).
+  """
+  n = runner.num_envs
+  keys = jax.random.split(key, num_steps * (n + 1)).reshape(num_steps, n + 1, -1)
+
+  def prep(stats, o):
+    return norm_lib.normalize(stats, o) if normalize_obs else o
+
+  def step(carry, step_keys):
+    env_state, obs, stats, ep = carry
+    x = prep(stats, obs)
+    dist = policy(params, x)
+    action = dist.sample(step_keys[0])
+    logp = dist.log_prob(action)
+    env_action = action if clip_actions is None else jnp.clip(action, *clip_actions)
+    next_obs, env_state, reward, terminated, truncated, info = runner.step(
+        step_keys[1:], env_state, env_action)
+    if normalize_obs:
+      stats = norm_lib.update_stats(stats, next_obs)
+    done = terminated | truncated
+    out = Rollout(x, action, logp, reward.astype(jnp.float32), done,
+                  truncated & ~terminated, prep(stats, info["final_obs"]))
+    ep = {"sum/episode_return": ep["sum/episode_return"] + jnp.sum(info["episode_return"]),
+          "sum/episode_length": ep["sum/episode_length"] + jnp.sum(info["episode_length"]),
+          "sum/episodes": ep["sum/episodes"] + jnp.sum(done)}
+    return (env_state, next_obs, stats, ep), out
+
+  ep0 = {"sum/episode_return": jnp.float32(0), "sum/episode_length": jnp.int32(0),
+         "sum/episodes": jnp.int32(0)}
+  (env_state, obs, obs_stats, ep), ro = jax.lax.scan(
+      step, (env_state, obs, obs_stats, ep0), keys)
+  ep = {k: v.astype(jnp.float32) for k, v in ep.items()}
+  return env_state, obs, obs_stats, ro, ep
+
+
+def values_and_rewards(ro: Rollout, value_fn: Callable, gamma: float):
+  """(V(obs) [T, N], rewards [T, N]) in one batched value pass.
+
+  The rewards get gamma * V(final obs) added where the time limit (not a
+  terminal state) ended an episode, so truncation is bootstrapped correctly.
+  """
+  t, n = ro.reward.shape
+  both = jnp.concatenate([ro.obs, ro.final_obs]).reshape(2 * t * n, *ro.obs.shape[2:])
+  v = jax.lax.stop_gradient(value_fn(both)).reshape(2, t, n)
+  return v[0], ro.reward + gamma * jnp.where(ro.truncated, v[1], 0.0)
+
+
+def evaluate(env, env_params, act: Callable, key, episodes: int, max_steps: int = 100_000):
+  """Undiscounted returns [episodes] of `act(obs [E, ...], key) -> actions [E, ...]`.
+
+  Runs `episodes` environments in parallel until each finishes its first
+  episode (terminated or truncated) or `max_steps` pass.
+  """
+  k_reset, k_loop = jax.random.split(key)
+  obs, state = jax.vmap(env.reset, in_axes=(0, None))(
+      jax.random.split(k_reset, episodes), env_params)
+  step_env = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+
+  def cond(c):
+    t, _, _, _, done, _, _ = c
+    return (t < max_steps) & ~jnp.all(done)
+
+  def body(c):
+    t, obs, state, ret, done, length, key = c
+    key, k_act, k_env = jax.random.split(key, 3)
+    action = act(obs, k_act)
+    obs2, state2, reward, term, trunc, _ = step_env(
+        jax.random.split(k_env, episodes), state, action, env_params)
+    live = ~done
+    ret = ret + jnp.where(live, reward, 0.0)
+    length = length + live.astype(jnp.int32)
+    return t + 1, obs2, state2, ret, done | term | trunc, length, key
+
+  init = (jnp.int32(0), obs, state, jnp.zeros(episodes), jnp.zeros(episodes, bool),
+          jnp.zeros(episodes, jnp.int32), k_loop)
+  _, _, _, ret, _, length, _ = jax.lax.while_loop(cond, body, init)
+  return ret, length
