@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6.5,<3",
     "safetensors>=0.8,<0.9",
     "importlib_resources>=6",  # tfds needs it to prepare registered TFDS datasets
+    "gymnax>=1.0.1,<2",  # any gymnax environment by name in RL configs
 ]
 
 EXTRAS = {
