@@ -113,6 +113,7 @@ def lm_batches(
 __all__ = [
   "STRUCTURED_SPLITS",
   "DataConfigError",
+  "example_batches",
   "Fact",
   "Tokenizer",
   "World",
