@@ -1,6 +1,8 @@
 """Classic RL in pure JAX (PPO, TRPO, REINFORCE, DQN, Q-learning): see configs/rl_*.py."""
 
+import json
 import logging
+import os
 
 from experiments import launch
 
@@ -8,7 +10,10 @@ from experiments import launch
 def main(config, workdir):
   from llmrl.rl import loop, runner
   loop.plan(config)  # a bad config fails here, in one line, before anything compiles
-  launch.write_config(config, workdir)
+  from llmrl.config import config_to_dict
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
   result = runner.run(config, workdir)
   final = result.get("final_eval", {})
   logging.getLogger("llmrl").info(

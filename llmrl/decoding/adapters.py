@@ -15,11 +15,13 @@ adapter may define `select_beams(state, parents)` to do the latter faster.
 Decoder-only (here): the left-padded prompt is prefilled into a KV cache of
 p + max_new_tokens slots; positions restart at 0 at each row's first real
 token and padding has segment id 0, so it is never attended.
-Encoder-decoder (e.g. a future T5): `prefill` encodes the prompt (encoder
-input, mask = encoder padding), keeps the encoder outputs in `state`, and
-runs the decoder on its start token; `step` runs the decoder with cross
-attention; the encoder outputs are batch-first state leaves, so they follow
-the beams with the cache. Nothing in the loops changes.
+Encoder-decoder (not wired yet; llmrl.models.t5 is arriving with `T5.encode`,
+`T5.decode` and a sizable `init_cache`, which is what an adapter needs):
+`prefill` encodes the prompts (encoder input, mask = encoder padding), keeps
+the encoder outputs and mask in `state` and runs the decoder on its start
+token; `step` runs the decoder with cross-attention. Encoder outputs are
+batch-first state leaves, so they follow the beams with the cache, and
+nothing in the loops changes. Only decoder-only models are tested.
 """
 
 from __future__ import annotations

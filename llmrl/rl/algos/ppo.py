@@ -124,7 +124,8 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
     v_loss = ppo_core.value_loss(value, mb.value, mb.ret, clip_eps=vf_clip)
     entropy = ppo_core.entropy_bonus(dist.entropy())
     loss = pg + c.vf_coef * v_loss - c.ent_coef * entropy
-    stats = {**{f"ppo/{k}": v for k, v in stats.items()}, "loss/policy": pg, "loss/value": v_loss, "policy/entropy": entropy,
+    stats = {**{f"ppo/{k}": v for k, v in stats.items()}, "loss/policy": pg,
+             "loss/value": v_loss, "policy/entropy": entropy,
              "ratio_dev": jnp.max(jnp.abs(jnp.exp(logp - mb.logp) - 1.0))}
     return loss, stats
 
@@ -133,7 +134,7 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb, beta)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    stats["learning/grad_norm"] = optax.global_norm(grads)
+    stats["learning/grad_norm"] = optax.tree.norm(grads)
     stats["loss/total"] = loss
     return (params, opt_state, beta), stats
 

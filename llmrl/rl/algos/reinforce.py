@@ -101,7 +101,7 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
         s.params, flat(ro.obs), flat(ro.action), returns.reshape(batch_size))
     updates, opt_state = tx.update(grads, s.opt_state, s.params)
     params = optax.apply_updates(s.params, updates)
-    metrics["learning/grad_norm"] = optax.global_norm(grads)
+    metrics["learning/grad_norm"] = optax.tree.norm(grads)
     metrics.update(episodes)
     return ReinforceState(params, opt_state, env_state, obs, stats_obs, rng), metrics
 
