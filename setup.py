@@ -28,6 +28,7 @@ EXTRAS = {
         "torch==2.13.0",
         "transformers>=5.23,<6",
         "ruff>=0.17,<0.18",
+        "peft>=0.21,<0.22",  # LoRA adapter parity reference
     ],
 }
 

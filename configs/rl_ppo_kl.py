@@ -2,7 +2,8 @@ r"""PPO with the adaptive KL penalty (beta doubled/halved around kl_target) on C
 
 Command (3 seeds x 500k environment steps):
   python -m experiments.rl --config=configs/rl_ppo_kl.py --workdir=/tmp/rl_ppo_kl
-Runtime ~40 s on 2 CPU cores. Expected: mean greedy evaluation return >= 475;
+Runtime ~25 s on 2 CPU cores. Expected: mean greedy evaluation return >= 475
+(measured 500 / 500 / 500);
 metrics.jsonl shows ppo/kl_beta adapting and ppo/update_kl around kl_target.
 
 Presets: tiny (1 seed, 20k steps, seconds).

@@ -2,7 +2,7 @@ r"""Tabular Q-learning on the slippery 4x4 FrozenLake-v1 gridworld.
 
 Command (3 seeds x 1M environment steps, 16 envs):
   python -m experiments.rl --config=configs/rl_qlearning.py --workdir=/tmp/rl_q
-Runtime ~20 s on 2 CPU cores. Expected: greedy success rate ~0.74, the optimal
+Runtime ~10-20 s on 2 CPU cores. Expected: greedy success rate ~0.74, the optimal
 policy's (0.744 by value iteration with the 100-step limit); the test checks
 within 0.05 of it.
 

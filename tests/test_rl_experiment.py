@@ -53,6 +53,7 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path):
   c = rl_qlearning.get_config("tiny")
   c.train.total_steps, c.train.log_every = 16_000, 250  # 4 chunks
   c.train.checkpoint_every, c.train.plot = 1, False
+  c.train.eval_episodes, c.train.final_eval_episodes = 50, 100
   whole = runner.run(c, str(tmp_path / "whole"), verbose=False)
   assert runner.run(c, str(tmp_path / "cut"), verbose=False, stop_after_chunks=2) == {"stopped": 2}
   resumed = runner.run(c, str(tmp_path / "cut"), verbose=False)

@@ -78,6 +78,8 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
   tc = config.train
   validate_model(config.model, tc.seq_len)
   data_lib.validate_config(config.data)
+  if not config.model.max_len:  # record the context length the model is built with
+    config.model.max_len = tc.seq_len
   tokenizer = data_lib.get_tokenizer(config.data)
   if workdir:
     os.makedirs(workdir, exist_ok=True)
@@ -127,7 +129,8 @@ class Stage(NamedTuple):
 def load_stage(workdir: str, params_key: str | None = None) -> Stage:
   """Loads config.json, tokenizer.model and the newest params of a decoder-only run.
 
-  `params_key` picks a sub-tree of the saved params (e.g. "backbone" of a reward model).
+  `params_key` picks a sub-tree of the saved params (e.g. "backbone" of a reward model);
+  by default an RLHF workdir gives its "policy".
   """
   from llmrl.train.checkpoint import load_params
   workdir = os.path.expanduser(workdir)
@@ -143,6 +146,8 @@ def load_stage(workdir: str, params_key: str | None = None) -> Stage:
   seq_len = model_block.max_len or config.train.seq_len
   cfg = make_gpt_config(model_block, tokenizer.vocab_size, seq_len)
   step, params = load_params(workdir)
+  if params_key is None and "policy" in params:
+    params_key = "policy"
   if params_key:
     params = params[params_key]
   return Stage(config, cfg, tokenizer, params, step)
