@@ -29,7 +29,7 @@ BertForSequenceClassification checkpoints all load (llmrl.interop.hf).
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +38,7 @@ from flax import linen as nn
 from llmrl.models.attention import ATTENTION_IMPLS, Attention
 from llmrl.models.gpt import _REMAT_POLICIES, REMAT
 from llmrl.models.layers import _ACTIVATIONS, MLP, Dense, Embed, LayerNorm, PositionEmbed
+from llmrl.models.moe import MoE, MoEConfig
 
 BERT_ACTIVATIONS = ("gelu_exact", "gelu", "relu")
 
@@ -82,6 +83,8 @@ class BertConfig:
   param_dtype: Any = jnp.float32
   # Rematerialisation of each block: "none" | "full" | "dots".
   remat: str = "none"
+  # Mixture-of-experts feed-forward blocks (None = dense MLPs; see llmrl.models.moe).
+  moe: Optional[MoEConfig] = None
 
   def __post_init__(self):
     object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
@@ -111,6 +114,8 @@ class BertConfig:
       bad(f"num_labels={self.num_labels} must be >= 0")
     if (self.nsp_head or self.num_labels) and not self.pooler:
       bad("nsp_head / num_labels need the pooler; set pooler=True")
+    if self.moe is not None and self.moe.every > self.num_layers:
+      bad(f"moe.every={self.moe.every} > num_layers={self.num_layers}: no block would be MoE")
 
   def replace(self, **changes) -> "BertConfig":
     """A copy with some fields changed."""
@@ -125,6 +130,7 @@ class BertBlock(nn.Module):
   """Post-LayerNorm block: x = LN(x + Attn(x)); x = LN(x + MLP(x))."""
 
   config: BertConfig
+  use_moe: bool = False  # routed experts (config.moe) in place of the MLP
 
   @nn.compact
   def __call__(self, x, positions, segment_ids, deterministic: bool):
@@ -148,16 +154,19 @@ class BertBlock(nn.Module):
     )(x, positions, segment_ids)
     norm = lambda name: LayerNorm(cfg.norm_eps, True, cfg.dtype, cfg.param_dtype, name=name)  # noqa: E731
     x = norm("attn_norm")(x + drop(h, deterministic=deterministic))
-    h = MLP(
-      d_ff=cfg.d_ff,
+    ffn = dict(
       kind=cfg.activation,
       use_bias=True,
       init_std=cfg.init_std,
       out_init_std=cfg.init_std,
       dtype=cfg.dtype,
       param_dtype=cfg.param_dtype,
-      name="mlp",
-    )(x)
+    )
+    if self.use_moe:
+      mask = None if segment_ids is None else segment_ids != 0
+      h = MoE(cfg.moe, d_ff=cfg.moe.d_ff or cfg.d_ff, name="moe", **ffn)(x, mask, deterministic)
+    else:
+      h = MLP(d_ff=cfg.d_ff, name="mlp", **ffn)(x)
     x = norm("mlp_norm")(x + drop(h, deterministic=deterministic))
     return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
 
@@ -197,7 +206,8 @@ class Bert(nn.Module):
 
   Parameter tree: embed, pos_embed, type_embed (/embedding), embed_norm,
   layers_{i}/{attn/{query,key,value,out}, attn_norm, mlp/{wi,wo}, mlp_norm},
-  pooler, mlm/{transform, norm, bias}, nsp, classifier.
+  pooler, mlm/{transform, norm, bias}, nsp, classifier. MoE blocks (config.moe)
+  hold moe/{router, wi, bi, wo, bo} instead of mlp.
   """
 
   config: BertConfig
@@ -214,7 +224,10 @@ class Bert(nn.Module):
       block = nn.remat(
         BertBlock, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=True, static_argnums=(4,)
       )
-    self.layers = [block(cfg) for _ in range(cfg.num_layers)]
+    moe = cfg.moe
+    self.layers = [
+      block(cfg, use_moe=moe is not None and moe.is_moe_layer(i)) for i in range(cfg.num_layers)
+    ]
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
     def dense(features, name):

@@ -23,6 +23,7 @@ from flax import linen as nn
 
 from llmrl.models.attention import ATTENTION_IMPLS, Attention
 from llmrl.models.layers import MLP, MLPS, NORMS, Dense, Embed, PositionEmbed, make_norm
+from llmrl.models.moe import MoE, MoEConfig
 
 STYLES = ("gpt2", "llama")
 POSITION_EMBEDDINGS = ("learned", "rope", "none")
@@ -89,6 +90,8 @@ class GPTConfig:
   # KV cache layout: "length_major" [b, len, kv_heads, head_dim] or "head_major"
   # [b, kv_heads, len, head_dim] (faster on CPU: no per-step cache transposes).
   cache_layout: str = "length_major"
+  # Mixture-of-experts feed-forward blocks (None = dense MLPs everywhere; see llmrl.models.moe).
+  moe: Optional[MoEConfig] = None
 
   def __post_init__(self):
     object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
@@ -128,6 +131,8 @@ class GPTConfig:
     ):
       if getattr(self, field) <= 0:
         bad(f"{field}={getattr(self, field)} must be positive")
+    if self.moe is not None and self.moe.every > self.num_layers:
+      bad(f"moe.every={self.moe.every} > num_layers={self.num_layers}: no block would be MoE")
 
   def replace(self, **changes) -> "GPTConfig":
     """A copy with some fields changed (e.g. `cfg.replace(decode=True)`)."""
@@ -173,6 +178,7 @@ class Block(nn.Module):
   """Pre-norm transformer block: x + Attn(Norm(x)), then x + MLP(Norm(x))."""
 
   config: GPTConfig
+  use_moe: bool = False  # routed experts (config.moe) in place of the MLP
 
   @nn.compact
   def __call__(self, x, positions, segment_ids, deterministic: bool):
@@ -200,16 +206,21 @@ class Block(nn.Module):
       name="attn",
     )(norm("attn_norm")(x), positions, segment_ids)
     x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-    h = MLP(
-      d_ff=cfg.d_ff,
+    ffn = dict(
       kind=cfg.mlp_type,
       use_bias=cfg.has_bias,
       init_std=cfg.init_std,
       out_init_std=out_std,
       dtype=cfg.dtype,
       param_dtype=cfg.param_dtype,
-      name="mlp",
-    )(norm("mlp_norm")(x))
+    )
+    if self.use_moe:
+      mask = None if segment_ids is None else segment_ids != 0
+      h = MoE(cfg.moe, d_ff=cfg.moe.d_ff or cfg.d_ff, name="moe", **ffn)(
+        norm("mlp_norm")(x), mask, deterministic
+      )
+    else:
+      h = MLP(d_ff=cfg.d_ff, name="mlp", **ffn)(norm("mlp_norm")(x))
     x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
 
@@ -233,7 +244,8 @@ class GPT(nn.Module):
 
   Parameter tree: embed/embedding, pos_embed/embedding (learned positions),
   layers_{i}/{attn_norm, attn/{query,key,value,out}, mlp_norm, mlp/{wi | wi_gate, wi_up}, wo},
-  final_norm, lm_head/kernel (untied only).
+  final_norm, lm_head/kernel (untied only). MoE blocks (config.moe) hold
+  moe/{router, wi | wi_gate, wi_up, wo, ...} instead of mlp (llmrl.models.moe.MoE).
   """
 
   config: GPTConfig
@@ -252,7 +264,10 @@ class GPT(nn.Module):
       block = nn.remat(
         Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=True, static_argnums=(4,)
       )
-    self.layers = [block(cfg) for _ in range(cfg.num_layers)]
+    moe = cfg.moe
+    self.layers = [
+      block(cfg, use_moe=moe is not None and moe.is_moe_layer(i)) for i in range(cfg.num_layers)
+    ]
     self.final_norm = make_norm(
       cfg.norm_type, cfg.norm_eps, cfg.has_bias, cfg.dtype, cfg.param_dtype, None
     )

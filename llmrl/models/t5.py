@@ -53,6 +53,7 @@ from flax import linen as nn
 from llmrl.models.attention import Attention
 from llmrl.models.gpt import _REMAT_POLICIES, REMAT
 from llmrl.models.layers import MLP, MLPS, Dense, Embed, RelativePositionBias, RMSNorm
+from llmrl.models.moe import MoE, MoEConfig
 
 T5_STYLES = ("v1_0", "v1_1")
 T5_ATTENTION_IMPLS = ("plain", "jax")  # blockwise takes no score bias
@@ -102,6 +103,8 @@ class T5Config:
   remat: str = "none"
   # Incremental decoding with a decoder KV cache (the "cache" collection).
   decode: bool = False
+  # Mixture-of-experts feed-forward blocks in both stacks (None = dense; llmrl.models.moe).
+  moe: Optional[MoEConfig] = None
 
   def __post_init__(self):
     object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
@@ -129,6 +132,8 @@ class T5Config:
       bad(f"num_heads={self.num_heads} does not divide d_model={self.d_model}; set head_dim")
     if self.relative_buckets < 4 or self.relative_max_distance < self.relative_buckets // 2:
       bad("relative_buckets must be >= 4 and relative_max_distance >= relative_buckets / 2")
+    if self.moe is not None and self.moe.every > min(self.num_layers, self.decoder_layers):
+      bad(f"moe.every={self.moe.every} exceeds a stack's layers: that stack would have no MoE")
 
   def replace(self, **changes) -> "T5Config":
     """A copy with some fields changed (e.g. `cfg.replace(decode=True)`)."""
@@ -165,6 +170,7 @@ class T5Block(nn.Module):
 
   config: T5Config
   decoder: bool = False
+  use_moe: bool = False  # routed experts (config.moe) in place of the MLP
 
   @nn.compact
   def __call__(self, x, segment_ids, bias, encoded, encoder_segment_ids, deterministic: bool):
@@ -202,16 +208,21 @@ class T5Block(nn.Module):
         norm("cross_norm")(x), None, segment_ids, kv=encoded, kv_segment_ids=encoder_segment_ids
       )
       x = x + drop(h, deterministic=deterministic)
-    h = MLP(
-      d_ff=cfg.d_ff,
+    d_ff = (cfg.moe.d_ff or cfg.d_ff) if self.use_moe else cfg.d_ff
+    ffn = dict(
+      d_ff=d_ff,
       kind=cfg.mlp_type,
       use_bias=False,
       init_std=f * cfg.d_model**-0.5,
-      out_init_std=f * cfg.d_ff**-0.5,
+      out_init_std=f * d_ff**-0.5,
       dtype=cfg.dtype,
       param_dtype=cfg.param_dtype,
-      name="mlp",
-    )(norm("mlp_norm")(x))
+    )
+    if self.use_moe:
+      mask = None if segment_ids is None else segment_ids != 0
+      h = MoE(cfg.moe, name="moe", **ffn)(norm("mlp_norm")(x), mask, deterministic)
+    else:
+      h = MLP(name="mlp", **ffn)(norm("mlp_norm")(x))
     x = x + drop(h, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
 
@@ -258,7 +269,8 @@ class T5Stack(nn.Module):
     drop = nn.Dropout(cfg.dropout_rate)
     x = drop(x, deterministic=deterministic)
     for i in range(num):
-      x = block(cfg, self.decoder, name=f"layers_{i}")(
+      use_moe = cfg.moe is not None and cfg.moe.is_moe_layer(i)
+      x = block(cfg, self.decoder, use_moe, name=f"layers_{i}")(
         x, segment_ids, bias, encoded, encoder_segment_ids, deterministic
       )
     x = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
@@ -271,7 +283,8 @@ class T5(nn.Module):
   Parameter tree: shared/embedding; encoder/{relpos/embedding,
   layers_{i}/{attn_norm, attn/{query,key,value,out}, mlp_norm, mlp/{wi | wi_gate, wi_up}, wo},
   final_norm}; decoder/{relpos, layers_{i}/{attn_norm, attn, cross_norm, cross_attn,
-  mlp_norm, mlp}, final_norm}; lm_head/kernel (untied only).
+  mlp_norm, mlp}, final_norm}; lm_head/kernel (untied only). MoE blocks (config.moe)
+  hold moe/{router, wi | wi_gate, wi_up, wo} instead of mlp.
   """
 
   config: T5Config

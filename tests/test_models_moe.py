@@ -1,0 +1,268 @@
+"""Tests of the mixture-of-experts layer (llmrl.models.moe) and its hooks in GPT/BERT/T5.
+
+References are numpy per-token loops and hand-computed numbers, not the layer itself.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from scipy.special import erf
+
+from llmrl.models import GPT, GPTConfig, count_params, count_params_from_config, flops_per_token
+from llmrl.models.bert import Bert, BertConfig
+from llmrl.models.moe import MoE, MoEConfig, route, summarize
+from llmrl.models.t5 import T5, T5Config
+
+D, F, E = 8, 12, 4
+
+
+def _act(kind, x):
+  if kind == "relu":
+    return np.maximum(x, 0)
+  if kind == "gelu_exact":
+    return 0.5 * x * (1 + erf(x / math.sqrt(2)))
+  if kind in ("gelu", "geglu"):
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+  if kind == "swiglu":
+    return x / (1 + np.exp(-x))
+  raise ValueError(kind)
+
+
+def reference(params, x, k, order, kind, use_bias):
+  """Per-token loop in float64: route to the top-k experts, weight and sum their FFNs."""
+  p = {n: np.asarray(v, np.float64) for n, v in params.items()}
+  out = np.zeros(x.shape, np.float64)
+  for b in range(x.shape[0]):
+    for t in range(x.shape[1]):
+      v = np.asarray(x[b, t], np.float64)
+      logits = v @ p["router"]
+      probs = np.exp(logits - logits.max())
+      probs /= probs.sum()
+      top = np.argsort(-probs)[:k]
+      gates = probs[top] if order == "softmax_topk" else probs[top] / probs[top].sum()
+      for gate, e in zip(gates, top):
+        if kind in ("swiglu", "geglu"):
+          h = _act(kind, v @ p["wi_gate"][e] + (p["bi_gate"][e] if use_bias else 0))
+          h = h * (v @ p["wi_up"][e] + (p["bi_up"][e] if use_bias else 0))
+        else:
+          h = _act(kind, v @ p["wi"][e] + (p["bi"][e] if use_bias else 0))
+        y = h @ p["wo"][e] + (p["bo"][e] if use_bias else 0)
+        out[b, t] += gate * y
+  return out
+
+
+def random_params(layer, x, seed=0):
+  shapes = nn.unbox(jax.eval_shape(layer.init, jax.random.key(0), x))["params"]
+  rng = np.random.default_rng(seed)
+  return {n: jnp.asarray(0.5 * rng.standard_normal(s.shape), jnp.float32)
+          for n, s in shapes.items()}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+  "k,order,kind,use_bias,dispatch",
+  [
+    (1, "softmax_topk", "gelu", True, "einsum"),
+    (1, "softmax_topk", "relu", False, "gather"),
+    (2, "topk_softmax", "swiglu", False, "einsum"),
+    (2, "topk_softmax", "geglu", True, "gather"),
+    (2, "softmax_topk", "gelu_exact", True, "einsum"),
+    (3, "topk_softmax", "gelu", False, "gather"),
+  ],
+)
+def test_large_capacity_equals_per_token_loop(k, order, kind, use_bias, dispatch):
+  x = jax.random.normal(jax.random.key(1), (3, 10, D))
+  # capacity_factor E/k gives C = s: nothing can be dropped.
+  cfg = MoEConfig(num_experts=E, experts_per_token=k, router_order=order, dispatch=dispatch,
+                  capacity_factor_eval=E / k)  # fmt: skip
+  layer = MoE(cfg, d_ff=F, kind=kind, use_bias=use_bias)
+  params = random_params(layer, x)
+  y, v = layer.apply({"params": params}, x, mutable=["moe"])
+  (stats,) = v["moe"]["stats"]
+  assert float(stats["dropped_fraction"]) == 0.0
+  np.testing.assert_allclose(y, reference(params, x, k, order, kind, use_bias), atol=2e-5)
+
+
+def test_dropless_equals_loop_and_dispatch_modes_agree():
+  x = jax.random.normal(jax.random.key(2), (2, 9, D))
+  outs = []
+  for dispatch in ("einsum", "gather"):
+    cfg = MoEConfig(num_experts=E, experts_per_token=2, router_order="topk_softmax",
+                    dropless=True, capacity_factor=0.1, dispatch=dispatch)  # fmt: skip
+    layer = MoE(cfg, d_ff=F, kind="swiglu", use_bias=False)
+    params = random_params(layer, x, seed=3)
+    outs.append(layer.apply({"params": params}, x, deterministic=False))
+  np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
+  np.testing.assert_allclose(outs[0], reference(params, x, 2, "topk_softmax", "swiglu", False),
+                             atol=2e-5)  # fmt: skip
+
+
+def test_balancing_loss_hand_computed():
+  # One group of 4 tokens, 2 experts, k=1. Logits chosen so softmax is exact:
+  # token probs (expert0, expert1): (3/4, 1/4), (3/4, 1/4), (1/4, 3/4), (1/2, 1/2).
+  ln3 = math.log(3.0)
+  logits = jnp.array([[[ln3, 0.0], [ln3, 0.0], [0.0, ln3], [0.0, 0.0]]], jnp.float32)
+  r = route(logits, k=1, capacity=4, order="softmax_topk")
+  # top-1 (ties -> lower index): experts 0, 0, 1, 0 -> f = (3/4, 1/4).
+  # mean probs P = ((3/4 + 3/4 + 1/4 + 1/2) / 4, (1/4 + 1/4 + 3/4 + 1/2) / 4) = (9/16, 7/16).
+  # loss = E * sum f_i P_i = 2 * (3/4 * 9/16 + 1/4 * 7/16) = 2 * 34/64 = 1.0625.
+  np.testing.assert_allclose(r.stats["expert_fraction"], [0.75, 0.25], atol=1e-7)
+  np.testing.assert_allclose(r.stats["aux_loss"], 1.0625, atol=1e-6)
+  # z-loss: log Z = log(4/3 * 3) etc: logsumexp = ln(4), ln(4), ln(4), ln(2).
+  z = (3 * math.log(4.0) ** 2 + math.log(2.0) ** 2) / 4
+  np.testing.assert_allclose(r.stats["z_loss"], z, atol=1e-6)
+  np.testing.assert_allclose(r.gate[0, :, 0], [0.75, 0.75, 0.75, 0.5], atol=1e-6)
+
+
+def test_dropped_token_accounting_is_exact():
+  # 6 tokens all prefer expert 0, then expert 1 (k=2, 3 experts); capacity 2.
+  s = 6
+  logits = jnp.tile(jnp.array([3.0, 2.0, 0.0]), (1, s, 1))
+  r = route(logits, k=2, capacity=2, order="topk_softmax")
+  kept = np.asarray(r.kept[0])  # [s, k]
+  # First choices fill expert 0's two slots with tokens 0, 1; second choices fill
+  # expert 1 with tokens 0, 1. Tokens 2..5 lose both choices.
+  np.testing.assert_array_equal(kept[:, 0], [1, 1, 0, 0, 0, 0])
+  np.testing.assert_array_equal(kept[:, 1], [1, 1, 0, 0, 0, 0])
+  np.testing.assert_allclose(r.stats["dropped_fraction"], 8 / 12, atol=1e-7)
+  np.testing.assert_allclose(r.stats["expert_fraction"], [0.5, 0.5, 0.0], atol=1e-7)
+
+  # Through the layer: dropped tokens give exactly 0 (the block's residual passes through),
+  # kept tokens equal the loop.
+  x = jax.random.normal(jax.random.key(4), (1, s, D))
+  cfg = MoEConfig(num_experts=3, experts_per_token=1, capacity_factor=1.0, capacity_factor_eval=1.0)
+  layer = MoE(cfg, d_ff=F, kind="relu", use_bias=True)
+  params = random_params(layer, x, seed=5)
+  params["router"] = jnp.zeros_like(params["router"]).at[:, 0].set(1.0)
+  x = jnp.abs(x)  # all router logits favour expert 0
+  assert cfg.capacity(s, deterministic=True) == 2
+  y, v = layer.apply({"params": params}, x, mutable=["moe"])
+  (stats,) = v["moe"]["stats"]
+  np.testing.assert_allclose(stats["dropped_fraction"], 4 / 6, atol=1e-7)
+  np.testing.assert_array_equal(np.asarray(y[0, 2:]), 0.0)
+  ref = reference(params, x, 1, "softmax_topk", "relu", True)
+  np.testing.assert_allclose(y[0, :2], ref[0, :2], atol=2e-5)
+
+
+def test_padding_tokens_are_not_routed():
+  logits = jnp.zeros((1, 4, 2)).at[..., 0].set(1.0)
+  mask = jnp.array([[True, True, False, False]])
+  r = route(logits, k=1, capacity=1, order="softmax_topk", token_mask=mask)
+  np.testing.assert_array_equal(r.kept[0, :, 0], [True, False, False, False])
+  np.testing.assert_allclose(r.stats["dropped_fraction"], 0.5, atol=1e-7)  # 1 of 2 real tokens
+
+
+def test_capacity_train_eval_and_validation():
+  cfg = MoEConfig(num_experts=4, experts_per_token=2, capacity_factor=1.0, capacity_factor_eval=2.0)
+  assert cfg.capacity(16, deterministic=False) == 8
+  assert cfg.capacity(16, deterministic=True) == 16
+  assert MoEConfig(dropless=True).capacity(7, False) == 7
+  with pytest.raises(ValueError, match="router_order"):
+    MoEConfig(router_order="softmax_first")
+  with pytest.raises(ValueError, match="experts_per_token"):
+    MoEConfig(num_experts=2, experts_per_token=3)
+
+
+def test_sharded_expert_layer_equals_unsharded():
+  from llmrl.train import mesh as mesh_lib
+
+  assert jax.device_count() == 8
+  x = jax.random.normal(jax.random.key(6), (4, 8, D))
+  for dispatch in ("einsum", "gather"):
+    cfg = MoEConfig(num_experts=E, experts_per_token=2, capacity_factor=1.0, dispatch=dispatch)
+    layer = MoE(cfg, d_ff=F, kind="swiglu", use_bias=False)
+    boxed = jax.eval_shape(layer.init, jax.random.key(0), x)["params"]
+    params = random_params(layer, x, seed=7)
+    apply = lambda p, x: layer.apply({"params": p}, x, deterministic=False)  # noqa: E731
+    expected = jax.jit(apply)(params, x)
+    c = mesh_lib.default_config()
+    c.data, c.expert = 2, 4
+    mesh = mesh_lib.make_mesh(c)
+    shardings = mesh_lib.logical_shardings(boxed, mesh)
+    with mesh_lib.activate(mesh):
+      p_sharded = jax.device_put(params, shardings)
+      x_sharded = jax.device_put(x, mesh_lib.batch_sharding(mesh))
+      got = jax.jit(apply)(p_sharded, x_sharded)
+    # each device holds one expert's kernel
+    assert p_sharded["wo"].addressable_shards[0].data.shape == (1, F, D)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def _gpt_cfg(**moe):
+  m = MoEConfig(num_experts=4, experts_per_token=1, every=2, **moe)
+  return GPTConfig(vocab_size=50, max_len=16, num_layers=4, d_model=16, num_heads=2, d_ff=32,
+                   moe=m)  # fmt: skip
+
+
+def test_gpt_moe_every_and_accounting():
+  cfg = _gpt_cfg()
+  model = GPT(cfg)
+  ids = jnp.zeros((2, 8), jnp.int32)
+  variables = model.init(jax.random.key(0), ids)
+  params = variables["params"]
+  assert [n for n in sorted(params) if "moe" in params[n]] == ["layers_1", "layers_3"]
+  assert "mlp" in params["layers_0"] and "moe" not in params["layers_0"]
+  counts = count_params_from_config(cfg)
+  assert counts["total"] == count_params(params)
+  # k=1 experts of the dense width: active = the dense model + the routers.
+  dense = count_params_from_config(cfg.replace(moe=None))
+  assert counts["active"] == dense["total"] + 2 * 16 * 4
+  assert counts["active_non_embedding"] == dense["non_embedding"] + 2 * 16 * 4
+  assert flops_per_token(cfg, 8) == flops_per_token(cfg.replace(moe=None), 8) + 3 * 2 * 2 * 16 * 4
+  logits, v = model.apply({"params": params}, ids, mutable=["moe"])
+  penalty, metrics = summarize(v["moe"], cfg.moe)
+  assert logits.shape == (2, 8, 50)
+  assert len(v["moe"]) == 2 and np.isfinite(float(penalty))
+  np.testing.assert_allclose(sum(float(metrics[f"moe/expert_fraction_{i}"]) for i in range(4)), 1.0,
+                             atol=1e-6)  # fmt: skip
+
+
+def test_gpt_moe_remat_and_decode_consistent():
+  cfg = _gpt_cfg(dropless=True)
+  ids = jax.random.randint(jax.random.key(1), (2, 6), 0, 50)
+  params = GPT(cfg).init(jax.random.key(0), ids)["params"]
+  full = GPT(cfg).apply({"params": params}, ids)
+  remat = GPT(cfg.replace(remat="full")).apply({"params": params}, ids)
+  np.testing.assert_allclose(full, remat, atol=1e-5)
+  from llmrl.models import init_cache
+
+  dec = GPT(cfg.replace(decode=True))
+  cache = init_cache(cfg, 2)
+  steps = []
+  for t in range(6):
+    out, v = dec.apply({"params": params, "cache": cache}, ids[:, t:t + 1], mutable=["cache"])
+    cache = v["cache"]
+    steps.append(out)
+  np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-4)
+
+
+def test_bert_and_t5_moe_layers_and_counts():
+  from llmrl.models.accounting import bert_param_counts, t5_param_counts
+
+  moe = MoEConfig(num_experts=3, experts_per_token=2, every=1)
+  bcfg = BertConfig(vocab_size=40, max_len=16, num_layers=2, d_model=16, num_heads=2, d_ff=24,
+                    moe=moe)  # fmt: skip
+  ids = jnp.ones((2, 8), jnp.int32)
+  bparams = Bert(bcfg).init(jax.random.key(0), ids)["params"]
+  assert "moe" in bparams["layers_0"] and "mlp" not in bparams["layers_0"]
+  assert bert_param_counts(bcfg)["total"] == count_params(bparams)
+  dense_b = bert_param_counts(bcfg.replace(moe=None))
+  # active: 2 experts of the dense MLP's size + router, per layer
+  mlp = 2 * 16 * 24 + 24 + 16
+  assert bert_param_counts(bcfg)["active"] == dense_b["total"] + 2 * (mlp + 16 * 3)
+  out, v = Bert(bcfg).apply({"params": bparams}, ids, segment_ids=ids, mutable=["moe"])
+  assert out.shape == (2, 8, 40) and len(v["moe"]) == 2
+
+  tcfg = T5Config(vocab_size=40, num_layers=2, d_model=16, num_heads=2, d_ff=24, style="v1_1",
+                  moe=MoEConfig(num_experts=3, experts_per_token=1, every=2))  # fmt: skip
+  tparams = T5(tcfg).init(jax.random.key(0), ids, ids[:, :5])["params"]
+  assert "moe" in tparams["encoder"]["layers_1"] and "mlp" in tparams["encoder"]["layers_0"]
+  assert "moe" in tparams["decoder"]["layers_1"]
+  assert t5_param_counts(tcfg)["total"] == count_params(tparams)
+  dense_t = t5_param_counts(tcfg.replace(moe=None))
+  assert t5_param_counts(tcfg)["active"] == dense_t["total"] + 2 * 16 * 3
+  logits, v = T5(tcfg).apply({"params": tparams}, ids, ids[:, :5], mutable=["moe"])
+  assert logits.shape == (2, 5, 40) and len(jax.tree.leaves(v["moe"])) > 0
