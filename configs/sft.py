@@ -6,12 +6,18 @@ tokenizer and generated world are taken from it):
   python -m experiments.sft --config=configs/sft.py --workdir=/tmp/sft --config.init_from=/tmp/pretrain
 Runtime ~1 min on 2 CPU cores; expected final train/loss (response tokens) < 0.5.
 
+Parameter-efficient variants (base frozen; only adapters / the soft prompt are
+trained and written to workdir/adapter or workdir/soft_prompt):
+  ... --config.lora.rank=8 --config.lora.targets=attn/query,attn/value
+  ... --config.prompt_tuning.num_tokens=16 --config.prompt_tuning.init=vocab
+
 Presets: `tiny` (use after configs/pretrain.py:tiny): 40 steps, ~20 s.
 """
 
 import ml_collections
 
 from llmrl import data
+from llmrl.adapters import lora, prompt
 from llmrl.tasks.lm import model_config_block
 from llmrl.train import mesh, optim, trainer
 
@@ -34,6 +40,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 20
   c.optim.weight_decay = 0.0
   c.mesh = mesh.default_config()
+  c.lora = lora.default_config()             # rank > 0: LoRA adapters, base frozen
+  c.prompt_tuning = prompt.default_config()  # num_tokens > 0: soft prompt, model frozen
   if preset == "tiny":
     c.data.world_size = "tiny"
     c.train.seq_len = 96

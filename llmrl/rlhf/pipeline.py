@@ -47,8 +47,31 @@ def pretrain(config, workdir: str) -> dict:
 
 
 def sft(config, workdir: str) -> dict:
+  """SFT; with config.lora / config.prompt_tuning also writes the adapter-only files."""
   from llmrl.rlhf import sft as sft_lib
-  return _train(config, workdir, sft_lib.make_task)[0].metrics
+  result, (_, model, tok) = _train(config, workdir, sft_lib.make_task)
+  save_adapters(config, workdir, model, config.train.seq_len, result.state.params, tok)
+  return result.metrics
+
+
+def save_adapters(config, workdir: str, model, seq_len: int, params, tok=None,
+                  train_paths: tuple = ()) -> str | None:
+  """Writes workdir/adapter (LoRA) or workdir/soft_prompt: only the trained adapters."""
+  from llmrl.adapters import lora as lora_lib
+  from llmrl.adapters import prompt as prompt_lib
+  from llmrl.adapters import tuning as tuning_lib
+  tuning = tuning_lib.from_config(config, model, seq_len, tok, train_paths)
+  if tuning.kind == "full" or jax.process_index() != 0:
+    return None
+  params = jax.device_get(params)
+  if tuning.lora:
+    path = lora_lib.save_adapter(os.path.join(workdir, "adapter"), tuning.lora, params["lora"])
+  else:
+    path = prompt_lib.save_soft_prompt(os.path.join(workdir, "soft_prompt"), tuning.prompt,
+                                       params["prompt"])
+  log.info("%s adapter (%d trainable params) written to %s", tuning.kind,
+           tuning.count(params), path)
+  return path
 
 
 def reward_model(config, workdir: str) -> dict:
@@ -86,11 +109,12 @@ def evaluate_stage(workdir: str, data_config, style: str, max_new_tokens: int,
                    params_key: str | None = None) -> dict:
   """Labeler metrics of a stage's policy on eval_known / eval_unknown (also eval.json)."""
   from llmrl import data
-  from llmrl.models import GPT
+  from llmrl.adapters import tuning as tuning_lib
   from llmrl.rlhf import evaluate
   from llmrl.tasks import lm
   stage = lm.load_stage(workdir, params_key=params_key)
-  result = evaluate.evaluate(GPT(stage.model_config), stage.params, stage.tokenizer,
+  model, params = tuning_lib.stage_policy(stage)
+  result = evaluate.evaluate(model, params, stage.tokenizer,
                              data.examples(data_config, "eval_known"),
                              data.examples(data_config, "eval_unknown"),
                              style=style, max_new_tokens=max_new_tokens)

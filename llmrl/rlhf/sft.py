@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from llmrl import data as data_lib
+from llmrl.adapters import tuning as tuning_lib
 from llmrl.config import ConfigError
 from llmrl.models import GPT, flops_per_token
 from llmrl.objectives.lm import causal_lm_loss
@@ -82,7 +83,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
   if config.init_from:
     stage = lm.load_stage(config.init_from)
     tok, model_cfg = stage.tokenizer, stage.model_config
-    initial = lambda: stage.params  # noqa: E731
+    base_params = tuning_lib.stage_params(stage)
     log.info("SFT starts from %s (step %d)", config.init_from, stage.step)
     inherit(config, stage.config)
     if tc.seq_len > model_cfg.max_len:
@@ -92,28 +93,34 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
     lm.validate_model(config.model, tc.seq_len)
     tok = data_lib.get_tokenizer(config.data)
     model_cfg = lm.make_gpt_config(config.model, tok.vocab_size, tc.seq_len)
-    initial = None
+    base_params = None
   if workdir:
     os.makedirs(workdir, exist_ok=True)
     shutil.copyfile(tok.path, os.path.join(workdir, "tokenizer.model"))
   model = GPT(model_cfg)
+  tuning = tuning_lib.from_config(config, model, tc.seq_len, tok)
   arrays = chat_arrays(data_lib.examples(config.data, "sft"), tok, tc.seq_len)
   batches = data_lib.example_batches(
       arrays, batch_size=local_batch_size(tc), shard_index=jax.process_index(),
       shard_count=jax.process_count(), seed=config.seed, key="sft")
   deterministic = model_cfg.dropout_rate == 0.0
 
-  def init_params(rng):
+  def base_init(rng):
     return model.init({"params": rng}, jnp.zeros((1, tc.seq_len), jnp.int32))["params"]
 
+  init_params = tuning.init_params(base_init)
+  initial = None
+  if base_params is not None:
+    initial = lambda: tuning.initial(base_params, config.seed)  # noqa: E731
+
   def loss_fn(params, batch, rng):
-    logits = model.apply({"params": params}, batch["inputs"], positions=batch["positions"],
-                         segment_ids=batch["segment_ids"], deterministic=deterministic,
-                         rngs={"dropout": rng})
+    logits = tuning.apply(model, params, batch["inputs"], batch["positions"],
+                          batch["segment_ids"], rng=rng, deterministic=deterministic,
+                          rngs={"dropout": rng})
     return causal_lm_loss(logits, batch["targets"], batch["weights"])
 
   tokens = tc.global_batch_size * tc.seq_len
   task = Task(init_params=init_params, loss_fn=loss_fn, data=batches, tokens_per_step=tokens,
               flops_per_step=flops_per_token(model_cfg, tc.seq_len) * tokens,
-              initial_params=initial)
+              initial_params=initial, trainable_mask=tuning.mask(init_params))
   return task, model, tok
