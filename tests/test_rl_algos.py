@@ -73,9 +73,11 @@ def test_ppo_solves_cartpole_3_of_3_seeds():
 
 def exact_first_minibatch(m):
   """On every update's first minibatch the new and old policies are the same network
-  on the same data, so the ratio is exactly 1 and the KL exactly 0 (no tolerance)."""
-  assert np.all(np.asarray(m["ppo/first_minibatch_ratio_dev"]) == 0.0)
-  assert np.all(np.asarray(m["ppo/first_minibatch_kl"]) == 0.0)
+  on the same data, so the ratio is 1 and the KL 0 up to float32 rounding (the rollout
+  and the update evaluate the network at different batch shapes, which may reorder sums
+  on some CPUs; stale or wrong old log-probs would be off by orders of magnitude more)."""
+  assert np.all(np.asarray(m["ppo/first_minibatch_ratio_dev"]) <= 5e-6)
+  assert np.all(np.abs(np.asarray(m["ppo/first_minibatch_kl"])) <= 1e-10)
   assert np.all(np.asarray(m["ppo/approx_kl"]) > 0.0)  # later minibatches do move the policy
 
 

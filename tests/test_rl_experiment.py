@@ -23,7 +23,7 @@ def test_experiment_ppo_tiny_end_to_end(tmp_path):
   records = read_jsonl(os.path.join(wd, "metrics.jsonl"))
   chunks = [r for r in records if "eval/return" in r]
   assert len(chunks) == 4 and chunks[-1]["step"] == 20480
-  assert all(r["ppo/first_minibatch_ratio_dev"] == 0.0 for r in chunks)
+  assert all(r["ppo/first_minibatch_ratio_dev"] <= 5e-6 for r in chunks)  # float32 rounding
   result = json.load(open(os.path.join(wd, "results.json")))
   # 20k steps is far from solved, but clearly better than random play (~22).
   assert result["final_eval"]["mean_return"] > 60, result
