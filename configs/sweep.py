@@ -1,0 +1,68 @@
+r"""Scaling-law sweep: IsoFLOP profiles of tiny GPTs on the embedded world, then Kaplan
+and Chinchilla (approaches 1-3) fits and plots.
+
+Command (default: 3 IsoFLOP profiles, C = 3e10, 1e11 and 2e11 FLOPs (C = 6ND,
+N = all params), over 6 shapes (width 24-128, 1-3 layers, 21k-670k params; the
+3e10 profile drops the largest: < 5 steps): 17 runs, ~6M tokens in all on the
+`medium` world, vocab 512, 32 x 64 tokens per step; a token grid is
+--config.sweep.tokens='(2e5,)'):
+  python -m experiments.sweep --config=configs/sweep.py --workdir=runs/sweep
+Runtime ~10 min on an idle 2-core CPU (see BUILD_NOTES.md for the measured figure).
+Writes WORKDIR/results.csv|json (one row per run: N, D, C, losses, wall time),
+fits.json, summary.md, loss_vs_compute.png, isoflop.png, optimal.png; each run
+is an ordinary pretraining workdir WORKDIR/runs/<name>. Expected: both IsoFLOP
+profiles have their minimum inside the sizes run; see BUILD_NOTES.md for the fits.
+
+Modes (--config.sweep.mode=): local (default: run here, one after another;
+re-running skips finished runs, resumes interrupted ones, retries failed ones),
+pod (print and write WORKDIR/commands.sh: one experiments.pretrain command per
+run; --config.sweep.multi_host=True adds --coordinator_address/--num_processes/
+--process_id placeholders), fit (collect the finished runs, fit and plot).
+
+Presets: `tiny` (~1-2 min): a 2-width grid plus one 3-size IsoFLOP profile of
+a few steps each on the tiny world (a smoke test, not a scaling law).
+Per-run settings live in config.pretrain (configs/pretrain.py's fields), e.g.
+--config.pretrain.optim.learning_rate=1e-3; the plan in config.sweep, e.g.
+--config.sweep.isoflops='(1e11,)' --config.sweep.widths='(32,64)'.
+"""
+
+import ml_collections
+
+from configs import pretrain
+from llmrl.scaling import sweep
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  if preset not in ("", "tiny"):
+    raise ValueError(f"unknown preset {preset!r} for configs/sweep.py; use tiny")
+  c = ml_collections.ConfigDict()
+  c.pretrain = pretrain.get_config()
+  p = c.pretrain
+  p.data.world_size = "medium"    # ~9M tokens: no run repeats data
+  p.data.vocab_size = 512         # small vocab: embeddings do not swamp tiny models
+  p.train.seq_len = 64
+  p.train.global_batch_size = 32
+  p.train.log_every = 10
+  p.train.checkpoint_every = 200
+  p.optim.learning_rate = 3e-3
+  p.optim.warmup_steps = 50       # capped at sweep.warmup_fraction of each run
+  c.sweep = sweep.default_config()
+  s = c.sweep
+  s.widths = (24, 32, 48, 64, 96, 128)
+  s.depths = (1, 1, 1, 2, 2, 3)
+  s.isoflops = (3e10, 1e11, 2e11)
+  s.min_steps = 5
+  if preset == "tiny":
+    p.data.world_size = "tiny"
+    p.train.seq_len = 32
+    p.train.global_batch_size = 8
+    p.train.log_every = 2
+    p.train.checkpoint_every = 4
+    s.widths = (16, 32, 48)
+    s.depths = (1, 1, 1)
+    s.tokens = (2048,)
+    s.isoflops = (2e8,)
+    s.min_steps = 2
+    s.eval_batches = 2
+    s.bootstrap = 5
+  return c
