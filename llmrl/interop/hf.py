@@ -5,7 +5,8 @@
     hf.save(model, params, "out_dir")  # then AutoModelForCausalLM.from_pretrained("out_dir")
 
 Supported `model_type`s are the keys of `CONVERTERS`: gpt2, llama, bert and
-t5 (see hf_decoders.py and hf_encoders.py), for load and save. For T5,
+t5 (see hf_decoders.py and hf_encoders.py), for load and save, and mixtral
+(load only: a GPT with MoE blocks, dropless top-k routing as transformers). For T5,
 `model.apply({"params": params}, input_ids, decoder_input_ids, segment_ids=mask)`
 gives [batch, dec_len, vocab]; for BERT, `model.apply({"params": params},
 input_ids, token_type_ids=..., segment_ids=mask)` gives the MLM logits (a
@@ -23,11 +24,18 @@ import numpy as np
 from flax import linen as nn
 from safetensors.numpy import load_file, save_file
 
-from llmrl.interop.hf_decoders import GPT2, LLAMA, Converter, is_ignored, normalize_keys
+from llmrl.interop.hf_decoders import (
+  GPT2,
+  LLAMA,
+  MIXTRAL,
+  Converter,
+  is_ignored,
+  normalize_keys,
+)
 from llmrl.interop.hf_encoders import BERT, T5_CONVERTER
 from llmrl.models.gpt import GPT, GPTConfig
 
-CONVERTERS = {"gpt2": GPT2, "llama": LLAMA, "bert": BERT, "t5": T5_CONVERTER}
+CONVERTERS = {"gpt2": GPT2, "llama": LLAMA, "mixtral": MIXTRAL, "bert": BERT, "t5": T5_CONVERTER}
 _SUPPORTED = ", ".join(sorted(CONVERTERS))
 _FAMILY = {c.make_config: c for c in CONVERTERS.values() if c.make_config is not None}
 

@@ -18,6 +18,7 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 
 from llmrl.models.gpt import GPTConfig
+from llmrl.models.moe import MoEConfig
 
 Path = Tuple[str, ...]
 
@@ -127,6 +128,8 @@ def _gpt2_why_not(cfg: GPTConfig) -> Optional[str]:
     return f"GPT-2 has no {cfg.mlp_type} MLP"
   if cfg.kv_heads != cfg.num_heads or cfg.d_attn != cfg.d_model:
     return "GPT-2 needs num_kv_heads == num_heads and num_heads * head_dim == d_model"
+  if cfg.moe is not None:
+    return "GPT-2 has no mixture-of-experts layers"
   return None
 
 
@@ -249,6 +252,8 @@ def _llama_why_not(cfg: GPTConfig) -> Optional[str]:
     False,
   ):
     return "Llama needs RoPE, RMSNorm, SwiGLU and no biases"
+  if cfg.moe is not None:
+    return "Llama has no mixture-of-experts layers"
   return None
 
 
@@ -283,6 +288,93 @@ LLAMA = Converter(
   _llama_entries,
   _llama_why_not,
   ignored=r"rotary_emb\.inv_freq$",
+)
+
+
+# --------------------------------------------------------------------- Mixtral
+# Mixtral = Llama attention + a sparse MoE block in every layer: router
+# `gate` [E, d] (no bias), experts w1 (gate) / w3 (up) [F, d] and w2 (down)
+# [d, F] with SwiGLU; routing is softmax over all experts, top-k, renormalised
+# (= llmrl router_order "topk_softmax"), dropless.
+_MIXTRAL_EXPERT = re.compile(r"^model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight$")
+_MIXTRAL_FUSED = re.compile(r"^model\.layers\.(\d+)\.mlp\.(experts\.gate_up_proj|experts\.down_proj|gate\.weight)$")
+
+
+def _mixtral_config_from_hf(c: dict) -> dict:
+  kwargs = _llama_config_from_hf(c)
+  window = c.get("sliding_window")
+  if window is not None and window < kwargs["max_len"]:
+    raise ValueError(f"sliding_window={window} < max_position_embeddings is not supported "
+                     "(llmrl attention is full causal)")  # fmt: skip
+  kwargs["moe"] = MoEConfig(
+    num_experts=c["num_local_experts"],
+    experts_per_token=c["num_experts_per_tok"],
+    every=1,
+    dropless=True,
+    router_order="topk_softmax",
+    router_jitter=c.get("router_jitter_noise") or 0.0,
+    aux_loss_weight=c.get("router_aux_loss_coef", 0.001),
+    z_loss_weight=0.0,
+    dispatch="gather",  # dropless capacity = sequence length: gathers stay linear in it
+  )
+  return kwargs
+
+
+def _mixtral_normalize(tensors: dict) -> dict:
+  """Per-expert w1/w2/w3 (checkpoint layout) or transformers>=5 fused experts -> stacked keys.
+
+  Result keys: model.layers.{i}.block_sparse_moe.{gate.weight, experts.w1 [E, F, d],
+  experts.w3 [E, F, d], experts.w2 [E, d, F]}.
+  """
+  out, per_expert = {}, {}
+  for key, value in tensors.items():
+    m, f = _MIXTRAL_EXPERT.match(key), _MIXTRAL_FUSED.match(key)
+    if m:
+      per_expert.setdefault((int(m[1]), m[3]), {})[int(m[2])] = value
+    elif f:
+      p = f"model.layers.{f[1]}.block_sparse_moe."
+      if f[2] == "gate.weight":
+        out[p + "gate.weight"] = value
+      elif f[2] == "experts.down_proj":
+        out[p + "experts.w2"] = value
+      else:  # gate_up_proj [E, 2F, d]: gate rows first, then up
+        out[p + "experts.w1"], out[p + "experts.w3"] = np.split(value, 2, axis=1)
+    else:
+      out[key] = value
+  for (layer, w), experts in per_expert.items():
+    if sorted(experts) != list(range(len(experts))):
+      raise ValueError(f"layer {layer} {w}: expert indices {sorted(experts)} are not 0..E-1")
+    stacked = np.stack([experts[e] for e in range(len(experts))])
+    out[f"model.layers.{layer}.block_sparse_moe.experts.{w}"] = stacked
+  return out
+
+
+def _mixtral_entries(cfg: GPTConfig) -> list:
+  out = [e for e in _llama_entries(cfg.replace(moe=None)) if ".mlp." not in e.hf_key]
+  swap = lambda x: np.swapaxes(x, 1, 2)  # noqa: E731  [E, out, in] <-> [E, in, out]
+  for i in range(cfg.num_layers):
+    p, L = f"model.layers.{i}.block_sparse_moe.", f"layers_{i}"
+    out += [
+      _same(p + "gate.weight", (L, "moe", "router"), lambda w: w.T, lambda k: k.T),
+      _same(p + "experts.w1", (L, "moe", "wi_gate"), swap, swap),
+      _same(p + "experts.w3", (L, "moe", "wi_up"), swap, swap),
+      _same(p + "experts.w2", (L, "moe", "wo"), swap, swap),
+    ]
+  return out
+
+
+def _mixtral_why_not(cfg: GPTConfig) -> Optional[str]:
+  return "saving Mixtral checkpoints is not implemented (llmrl.interop.hf.load reads them)"
+
+
+MIXTRAL = Converter(
+  "MixtralForCausalLM",
+  _mixtral_config_from_hf,
+  lambda cfg: {},
+  _mixtral_entries,
+  _mixtral_why_not,
+  ignored=r"rotary_emb\.inv_freq$",
+  normalize=_mixtral_normalize,
 )
 
 

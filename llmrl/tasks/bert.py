@@ -15,6 +15,8 @@ from llmrl.models.accounting import bert_flops_per_token, bert_param_counts
 from llmrl.models.bert import Bert, BertConfig
 from llmrl.objectives.mlm import bert_pretraining_loss
 from llmrl.tasks.examples import bert_batches
+from llmrl.models.moe import add_to_loss
+from llmrl.tasks import moe as moe_lib
 from llmrl.train.trainer import Task, local_batch_size
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -33,6 +35,7 @@ def model_config_block() -> ml_collections.ConfigDict:
   c.attention_impl = "plain"  # "plain" | "blockwise" | "jax"
   c.dtype = "float32"  # compute dtype; params stay float32
   c.remat = "none"  # "none" | "full" | "dots"
+  c.moe = moe_lib.config_block()  # mixture of experts (num_experts = 0: dense)
   return c
 
 
@@ -66,6 +69,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
   if seq_len < 8:
     raise ConfigError(f"config.train.seq_len={seq_len} must be >= 8 for [CLS] A [SEP] B [SEP].")
+  moe_lib.validate(c, c.num_layers)
   if not 0.0 < config.objective.mask_rate < 1.0:
     raise ConfigError(f"config.objective.mask_rate={config.objective.mask_rate} must be in (0, 1).")
 
@@ -90,22 +94,26 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
     vocab_size=tokenizer.vocab_size, max_len=mc.max_len or tc.seq_len,
     num_layers=mc.num_layers, d_model=mc.d_model, num_heads=mc.num_heads, d_ff=mc.d_ff,
     activation=mc.activation, dropout_rate=mc.dropout_rate, attention_impl=mc.attention_impl,
-    dtype=mc.dtype, remat=mc.remat, mlm_head=True, nsp_head=True, pooler=True)  # fmt: skip
+    dtype=mc.dtype, remat=mc.remat, mlm_head=True, nsp_head=True, pooler=True,
+    moe=moe_lib.make(mc))  # fmt: skip
   model = Bert(cfg)
   batches = bert_batches(
     config.data, tokenizer, batch_size=local_batch_size(tc), seq_len=tc.seq_len,
     shard_index=jax.process_index(), shard_count=jax.process_count(), seed=config.seed,
     mask_rate=config.objective.mask_rate)  # fmt: skip
-  deterministic = cfg.dropout_rate == 0.0
+  deterministic = cfg.dropout_rate == 0.0 and cfg.moe is None  # MoE: train capacity, jitter
 
   def init_params(rng):
     return model.init({"params": rng}, jnp.zeros((1, tc.seq_len), jnp.int32))["params"]
 
   def loss_fn(params, batch, rng):
-    mlm, nsp = model.apply(
+    (mlm, nsp), aux = model.apply(
       {"params": params}, batch["inputs"], batch["token_type_ids"], batch["segment_ids"],
-      deterministic=deterministic, rngs={"dropout": rng}, method=Bert.pretrain)  # fmt: skip
-    return bert_pretraining_loss(mlm, nsp, batch["targets"], batch["weights"], batch["nsp_labels"])
+      deterministic=deterministic, rngs={"dropout": rng}, method=Bert.pretrain,
+      mutable=["moe"])  # fmt: skip
+    loss_sum, (weight, sums) = bert_pretraining_loss(
+      mlm, nsp, batch["targets"], batch["weights"], batch["nsp_labels"])  # fmt: skip
+    return add_to_loss(loss_sum, weight, sums, aux.get("moe", {}), cfg.moe)
 
   tokens = tc.global_batch_size * tc.seq_len
   task = Task(init_params=init_params, loss_fn=loss_fn, data=batches, tokens_per_step=tokens,
@@ -116,5 +124,6 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
 def describe(model: Bert) -> str:
   """One line with the model's size (for logs)."""
   n = bert_param_counts(model.config)
+  extra = f", {n['active'] / 1e6:.2f}M active (MoE)" if model.config.moe else ""
   return (f"BERT: {n['total'] / 1e6:.2f}M params ({n['non_embedding'] / 1e6:.2f}M "
-          "non-embedding)")  # fmt: skip
+          f"non-embedding{extra})")  # fmt: skip

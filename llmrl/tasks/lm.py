@@ -15,6 +15,8 @@ from llmrl.config import ConfigError, check_divides, check_enum, check_positive
 from llmrl.models import GPT, GPTConfig
 from llmrl.models.accounting import count_params_from_config, flops_per_token
 from llmrl.objectives.lm import causal_lm_loss
+from llmrl.models.moe import add_to_loss
+from llmrl.tasks import moe as moe_lib
 from llmrl.train.trainer import Task, local_batch_size
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -37,6 +39,7 @@ def model_config_block() -> ml_collections.ConfigDict:
   c.dtype = "float32"         # compute dtype; params stay float32
   c.remat = "none"            # "none" | "full" | "dots"
   c.rope_base = 10000.0
+  c.moe = moe_lib.config_block()  # mixture of experts (num_experts = 0: dense)
   return c
 
 
@@ -58,6 +61,7 @@ def validate_model(c: ml_collections.ConfigDict, seq_len: int) -> None:
                       f"config.train.seq_len={seq_len}; raise max_len or set it to 0.")
   if seq_len < 2:
     raise ConfigError(f"config.train.seq_len={seq_len} must be >= 2.")
+  moe_lib.validate(c, c.num_layers)
 
 
 def make_gpt_config(c: ml_collections.ConfigDict, vocab_size: int, seq_len: int) -> GPTConfig:
@@ -67,7 +71,8 @@ def make_gpt_config(c: ml_collections.ConfigDict, vocab_size: int, seq_len: int)
       d_model=c.d_model, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads or None,
       d_ff=c.d_ff, style=c.style, rope_base=c.rope_base, tie_embeddings=c.tie_embeddings,
       dropout_rate=c.dropout_rate, attention_impl=c.attention_impl,
-      attention_block_size=c.attention_block_size, dtype=c.dtype, remat=c.remat)
+      attention_block_size=c.attention_block_size, dtype=c.dtype, remat=c.remat,
+      moe=moe_lib.make(c))
 
 
 def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
@@ -92,17 +97,18 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
   batches = data_lib.lm_batches(
       config.data, tokenizer, batch_size=local_batch_size(tc), seq_len=tc.seq_len,
       shard_index=jax.process_index(), shard_count=jax.process_count(), seed=config.seed)
-  deterministic = cfg.dropout_rate == 0.0
+  deterministic = cfg.dropout_rate == 0.0 and cfg.moe is None  # MoE: train capacity, jitter
   z_loss = config.get("z_loss", 0.0)
 
   def init_params(rng):
     return model.init({"params": rng}, jnp.zeros((1, tc.seq_len), jnp.int32))["params"]
 
   def loss_fn(params, batch, rng):
-    logits = model.apply({"params": params}, batch["inputs"], positions=batch["positions"],
-                         segment_ids=batch["segment_ids"], deterministic=deterministic,
-                         rngs={"dropout": rng})
-    return causal_lm_loss(logits, batch["targets"], batch["weights"], z_loss)
+    logits, aux = model.apply({"params": params}, batch["inputs"], positions=batch["positions"],
+                              segment_ids=batch["segment_ids"], deterministic=deterministic,
+                              rngs={"dropout": rng}, mutable=["moe"])
+    loss_sum, (weight, sums) = causal_lm_loss(logits, batch["targets"], batch["weights"], z_loss)
+    return add_to_loss(loss_sum, weight, sums, aux.get("moe", {}), cfg.moe)
 
   tokens = tc.global_batch_size * tc.seq_len
   task = Task(init_params=init_params, loss_fn=loss_fn, data=batches,
@@ -113,8 +119,11 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
 def describe(model: GPT) -> str:
   """One line with the model's size (for logs)."""
   n = count_params_from_config(model.config)
+  moe = model.config.moe
+  extra = (f", MoE {moe.num_experts} experts top-{moe.experts_per_token} every {moe.every}: "
+           f"{n['active'] / 1e6:.2f}M active" if moe else "")
   return (f"GPT {model.config.style}: {n['total'] / 1e6:.2f}M params "
-          f"({n['non_embedding'] / 1e6:.2f}M non-embedding)")
+          f"({n['non_embedding'] / 1e6:.2f}M non-embedding{extra})")
 
 
 class Stage(NamedTuple):

@@ -18,6 +18,8 @@ from llmrl.models.t5 import T5, T5Config
 from llmrl.objectives.span_corruption import raw_length_for, span_corruption_loss
 from llmrl.tasks.bert import DTYPES, copy_tokenizer
 from llmrl.tasks.examples import t5_batches
+from llmrl.models.moe import add_to_loss
+from llmrl.tasks import moe as moe_lib
 from llmrl.train.trainer import Task, local_batch_size
 
 
@@ -37,6 +39,7 @@ def model_config_block() -> ml_collections.ConfigDict:
   c.attention_impl = "plain"  # "plain" | "jax" (blockwise takes no relative bias)
   c.dtype = "float32"  # compute dtype; params stay float32
   c.remat = "none"  # "none" | "full" | "dots"
+  c.moe = moe_lib.config_block()  # mixture of experts in both stacks (num_experts = 0: dense)
   return c
 
 
@@ -65,6 +68,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       "config.objective.mean_span_length >= 1.")  # fmt: skip
   if config.train.seq_len < 8:
     raise ConfigError(f"config.train.seq_len={config.train.seq_len} must be >= 8.")
+  moe_lib.validate(c, min(c.num_layers, c.num_decoder_layers or c.num_layers))
 
 
 def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
@@ -81,24 +85,25 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
     num_heads=mc.num_heads, head_dim=mc.head_dim or None, d_ff=mc.d_ff, style=mc.style,
     relative_buckets=mc.relative_buckets, relative_max_distance=mc.relative_max_distance,
     dropout_rate=mc.dropout_rate, max_len=max(targets_len, 1), attention_impl=mc.attention_impl,
-    dtype=mc.dtype, remat=mc.remat)  # fmt: skip
+    dtype=mc.dtype, remat=mc.remat, moe=moe_lib.make(mc))  # fmt: skip
   model = T5(cfg)
   batches = t5_batches(
     config.data, tokenizer, batch_size=local_batch_size(tc), inputs_len=tc.seq_len,
     shard_index=jax.process_index(), shard_count=jax.process_count(), seed=config.seed,
     noise_density=oc.noise_density, mean_span_length=oc.mean_span_length)  # fmt: skip
-  deterministic = cfg.dropout_rate == 0.0
+  deterministic = cfg.dropout_rate == 0.0 and cfg.moe is None  # MoE: train capacity, jitter
 
   def init_params(rng):
     enc = jnp.zeros((1, tc.seq_len), jnp.int32)
     return model.init({"params": rng}, enc, jnp.zeros((1, targets_len), jnp.int32))["params"]
 
   def loss_fn(params, batch, rng):
-    logits = model.apply(
+    logits, aux = model.apply(
       {"params": params}, batch["inputs"], batch["decoder_inputs"],
       segment_ids=batch["segment_ids"], deterministic=deterministic,
-      rngs={"dropout": rng})  # fmt: skip
-    return span_corruption_loss(logits, batch["targets"], batch["weights"])
+      rngs={"dropout": rng}, mutable=["moe"])  # fmt: skip
+    loss_sum, (weight, sums) = span_corruption_loss(logits, batch["targets"], batch["weights"])
+    return add_to_loss(loss_sum, weight, sums, aux.get("moe", {}), cfg.moe)
 
   b = tc.global_batch_size
   task = Task(init_params=init_params, loss_fn=loss_fn, data=batches,
@@ -110,5 +115,6 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
 def describe(model: T5) -> str:
   """One line with the model's size (for logs)."""
   n = t5_param_counts(model.config)
+  extra = f", {n['active'] / 1e6:.2f}M active (MoE)" if model.config.moe else ""
   return (f"T5 {model.config.style}: {n['total'] / 1e6:.2f}M params "
-          f"({n['non_embedding'] / 1e6:.2f}M non-embedding)")  # fmt: skip
+          f"({n['non_embedding'] / 1e6:.2f}M non-embedding{extra})")  # fmt: skip
