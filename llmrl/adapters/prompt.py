@@ -100,7 +100,9 @@ class SoftPrompt:
 
     def intercept(next_fun, args, kwargs, context):
       out = next_fun(*args, **kwargs)
-      if isinstance(context.module, Embed) and context.method_name == "__call__":
+      # (shorter lookups are not a prefixed input, e.g. init_cache's 1-token trace)
+      if (isinstance(context.module, Embed) and context.method_name == "__call__"
+          and out.shape[1] >= n):
         b = out.shape[0]
         rows = jnp.broadcast_to(soft.astype(out.dtype), (b, n, out.shape[-1]))  # [b, n, embed]
         out = jax.lax.dynamic_update_slice_in_dim(out, rows, 0, axis=1)
