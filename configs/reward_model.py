@@ -5,12 +5,16 @@ Commands (after pretrain and SFT, see configs/sft.py):
 Runtime ~2 min on 2 CPU cores; expected reward_model.heldout_accuracy >= 0.8
 (written to workdir/eval.json and metrics.jsonl as eval/heldout_accuracy).
 
+LoRA variant (the SFT backbone stays frozen; adapters and the scalar head train):
+  ... --config.lora.rank=8 --config.lora.targets=attn/query,attn/value
+
 Presets: `tiny` (after configs/sft.py:tiny): 30 steps, ~30 s.
 """
 
 import ml_collections
 
 from llmrl import data
+from llmrl.adapters import lora
 from llmrl.tasks.lm import model_config_block
 from llmrl.train import mesh, optim, trainer
 
@@ -34,6 +38,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 20
   c.optim.weight_decay = 0.0
   c.mesh = mesh.default_config()
+  c.lora = lora.default_config()   # rank > 0: LoRA on the backbone (frozen), head trained
   if preset == "tiny":
     c.data.world_size = "tiny"
     c.train.seq_len = 96

@@ -66,6 +66,11 @@ def save_adapters(config, workdir: str, model, seq_len: int, params, tok=None,
   params = jax.device_get(params)
   if tuning.lora:
     path = lora_lib.save_adapter(os.path.join(workdir, "adapter"), tuning.lora, params["lora"])
+    if tuning.train_paths:  # e.g. the reward model's head: trained too, and needed
+      from safetensors.numpy import save_file
+      trained = lora_lib.flatten({k: params["base"][k] for k in tuning.train_paths})
+      save_file({k: np.asarray(v, np.float32) for k, v in trained.items()},
+                os.path.join(workdir, "adapter", "trained.safetensors"))
   else:
     path = prompt_lib.save_soft_prompt(os.path.join(workdir, "soft_prompt"), tuning.prompt,
                                        params["prompt"])
@@ -79,7 +84,9 @@ def reward_model(config, workdir: str) -> dict:
   from llmrl.rlhf import reward
   from llmrl.train.metrics import MetricWriter
   result, (_, model, _, heldout) = _train(config, workdir, reward.make_task)
-  rewards = jax.jit(reward.make_rewards_fn(model))(
+  save_adapters(config, workdir, model, config.train.seq_len, result.state.params,
+                train_paths=("head",))
+  rewards = jax.jit(reward.make_rewards_fn(model, reward.make_tuning(config, model)))(
       jax.device_get(result.state.params),
       {k: heldout[k] for k in ("inputs", "segment_ids", "last")})
   acc = reward.pairwise_accuracy(np.asarray(rewards), heldout["scores"])

@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from llmrl import data as data_lib
+from llmrl.adapters import tuning as tuning_lib
 from llmrl.config import ConfigError
 from llmrl.models import GPT, GPTConfig, flops_per_token
 from llmrl.rlhf.sft import inherit
@@ -100,14 +101,19 @@ def split_heldout(examples: list[dict], fraction: float) -> tuple[list, list]:
   return train, heldout
 
 
-def make_rewards_fn(model: ScalarHeadModel):
-  """(params, arrays [B, K, L] dict) -> rewards [B, K] at each response's last token."""
+def make_rewards_fn(model: ScalarHeadModel, tuning: tuning_lib.Tuning | None = None):
+  """(params, arrays [B, K, L] dict) -> rewards [B, K] at each response's last token.
+
+  With a LoRA `tuning`, params are {"base": {"backbone", "head"}, "lora"}.
+  """
+  tuning = tuning or tuning_lib.Tuning()
+
   def rewards(params, batch):
     b, k, length = batch["inputs"].shape
     flat = lambda x: x.reshape(b * k, *x.shape[2:])  # [B*K, ...]
     positions = jnp.broadcast_to(jnp.arange(length), (b * k, length))
-    values = model.apply({"params": params}, flat(batch["inputs"]), positions,
-                         flat(batch["segment_ids"]))  # [B*K, L]
+    values = tuning.apply(model, params, flat(batch["inputs"]), positions,
+                          flat(batch["segment_ids"]))  # [B*K, L]
     return read_at(values, flat(batch["last"])).reshape(b, k)
   return rewards
 
@@ -136,6 +142,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
     os.makedirs(workdir, exist_ok=True)
     shutil.copyfile(tok.path, os.path.join(workdir, "tokenizer.model"))
   model = ScalarHeadModel(model_cfg)
+  tuning = make_tuning(config, model)
   train_ex, heldout_ex = split_heldout(data_lib.examples(config.data, "preferences"),
                                        config.heldout_fraction)
   arrays = preference_arrays(train_ex, tok, tc.seq_len)
@@ -143,15 +150,17 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
   batches = data_lib.example_batches(
       arrays, batch_size=local_batch_size(tc), shard_index=jax.process_index(),
       shard_count=jax.process_count(), seed=config.seed, key="preferences")
-  rewards_fn = make_rewards_fn(model)
+  rewards_fn = make_rewards_fn(model, tuning)
   k = arrays["inputs"].shape[1]
 
-  def init_params(rng):
+  def base_init(rng):
     return model.init({"params": rng}, jnp.zeros((1, tc.seq_len), jnp.int32))["params"]
 
+  init_params = tuning.init_params(base_init)
+
   def initial_params():
-    fresh = nn.meta.unbox(jax.jit(init_params)(jax.random.PRNGKey(config.seed)))
-    return {**fresh, "backbone": stage.params}
+    fresh = nn.meta.unbox(jax.jit(base_init)(jax.random.PRNGKey(config.seed)))
+    return tuning.initial({**fresh, "backbone": tuning_lib.stage_params(stage)}, config.seed)
 
   def loss_fn(params, batch, rng):
     return ranking_loss(rewards_fn(params, batch), batch["scores"])
@@ -159,5 +168,10 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
   tokens = tc.global_batch_size * k * tc.seq_len
   task = Task(init_params=init_params, loss_fn=loss_fn, data=batches, tokens_per_step=tokens,
               flops_per_step=flops_per_token(model_cfg, tc.seq_len) * tokens,
-              initial_params=initial_params)
+              initial_params=initial_params, trainable_mask=tuning.mask(init_params))
   return task, model, tok, heldout
+
+
+def make_tuning(config: ml_collections.ConfigDict, model: ScalarHeadModel) -> tuning_lib.Tuning:
+  """Full fine-tuning, or LoRA on the backbone with the scalar head trainable (config.lora)."""
+  return tuning_lib.from_config(config, model, config.train.seq_len, None, ("head",))
