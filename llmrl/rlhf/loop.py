@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from typing import Any, Callable, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,6 +21,8 @@ import numpy as np
 
 from llmrl import data as data_lib
 from llmrl import decoding
+from llmrl.adapters import lora as lora_lib
+from llmrl.adapters import tuning as tuning_lib
 from llmrl.config import ConfigError, check_divides, check_enum
 from llmrl.models import GPT
 from llmrl.rlhf import ppo
@@ -59,6 +63,50 @@ def prompt_arrays(tok, examples: list[dict]) -> dict:
   return {"ids": ids, "mask": mask, "index": np.arange(len(rows), dtype=np.int32)}
 
 
+class LoRASetup(NamedTuple):
+  """PPO-RLHF with one frozen base shared by policy, reference and critic."""
+  forward: ppo.Forward
+  init_params: Callable     # rng -> {"base", "policy": {"lora"}, "critic": {"lora", "head"}}
+  initial: Callable         # () -> the same tree from the SFT base and reward model
+  mask: Any                 # trainable: everything but "base"
+  policy_params: Callable   # params -> merged policy params (for sampling)
+
+
+def lora_setup(config, sft, rm, policy: GPT, critic: ScalarHeadModel, length: int) -> LoRASetup:
+  """Policy adapters from config.lora (B = 0: the policy starts as SFT); the critic is the
+  same base + its own adapters + the reward model's head, its adapters taken from a LoRA
+  reward model when there is one (then the critic starts as the reward model)."""
+  x = jnp.zeros((1, length), jnp.int32)
+  policy_lora = lora_lib.LoRA.from_config(policy, config.lora, x)
+  sft_base = tuning_lib.stage_params(sft)
+  rm_tree = rm.params
+  if isinstance(rm_tree, dict) and "lora" in rm_tree:
+    critic_lora = lora_lib.LoRA.from_config(critic, rm.config.lora, x)
+    critic_start, head = (lambda: rm_tree["lora"]), rm_tree["base"]["head"]
+  else:
+    critic_lora = lora_lib.LoRA.from_config(critic, config.lora, x)
+    critic_start = lambda: critic_lora.init(jax.random.PRNGKey(config.seed + 2))  # noqa: E731
+    head = tuning_lib.stage_params(rm)["head"]
+
+  def init_params(rng):
+    return {"base": policy.init({"params": rng}, x)["params"],
+            "policy": {"lora": policy_lora.init(rng)},
+            "critic": {"lora": critic_lora.init(jax.random.fold_in(rng, 1)),
+                       "head": critic.init({"params": rng}, x)["params"]["head"]}}
+
+  def initial():
+    copy = lambda tree: jax.tree.map(lambda a: jnp.array(a, copy=True), tree)  # noqa: E731
+    return {"base": copy(sft_base),
+            "policy": {"lora": policy_lora.init(jax.random.PRNGKey(config.seed + 1))},
+            "critic": {"lora": copy(critic_start()), "head": copy(head)}}
+
+  shapes = nn.meta.unbox(jax.eval_shape(init_params, jax.random.PRNGKey(0)))
+  mask = {k: jax.tree.map(lambda _, k=k: k != "base", v) for k, v in shapes.items()}
+  merge = jax.jit(lambda p: policy_lora.merge(p["base"], p["policy"]["lora"]))
+  return LoRASetup(ppo.lora_forward(policy, critic, policy_lora, critic_lora), init_params,
+                   initial, mask, merge)
+
+
 def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> dict:
   """Runs PPO-RLHF; returns the last logged metrics."""
   validate(config)
@@ -82,28 +130,36 @@ def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> 
                                      key="rlhf_prompts")
   mesh = mesh_lib.make_mesh(config.mesh)
   updates = pc.iterations * pc.epochs * pc.minibatches
-  tx, schedule = make_optimizer(config.optim, updates)
-
-  def init_params(rng):
-    x = jnp.zeros((1, plen + pc.max_new_tokens), jnp.int32)
-    return {"policy": policy.init({"params": rng}, x)["params"],
-            "critic": critic.init({"params": rng}, x)["params"]}
-
   copy = lambda tree: jax.tree.map(lambda x: jnp.array(x, copy=True), tree)  # noqa: E731
+  sft_params, rm_params = tuning_lib.stage_params(sft), tuning_lib.stage_params(rm)
+  if lora_lib.enabled(config.get("lora")):
+    lora = lora_setup(config, sft, rm, policy, critic, plen + pc.max_new_tokens)
+    init_params, initial, mask = lora.init_params, lora.initial, lora.mask
+    forward, policy_params, ref_params = lora.forward, lora.policy_params, None
+  else:
+    def init_params(rng):
+      x = jnp.zeros((1, plen + pc.max_new_tokens), jnp.int32)
+      return {"policy": policy.init({"params": rng}, x)["params"],
+              "critic": critic.init({"params": rng}, x)["params"]}
+
+    initial = lambda: {"policy": copy(sft_params), "critic": copy(rm_params)}  # noqa: E731
+    mask, forward, policy_params = None, None, lambda p: p["policy"]
+    ref_params = copy(sft_params)  # own copy: the train step donates the state
+  tx, schedule = make_optimizer(config.optim, updates, mask=mask)
+
   ckpt = Checkpointer(f"{workdir}/checkpoints", keep=config.keep_checkpoints)
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-  setup = setup_state(config.seed, init_params, tx, mesh, ckpt,
-                      lambda: {"policy": copy(sft.params), "critic": copy(rm.params)})
+  setup = setup_state(config.seed, init_params, tx, mesh, ckpt, initial)
   state, start = setup.state, setup.start
-  # Own copies: the train step donates the state, which starts from the same arrays.
-  ref_params, rm_params = copy(sft.params), copy(rm.params)
-  score_fn = jax.jit(ppo.make_scorer(policy, critic, ScalarHeadModel(cfg), pc, tok.end_id, plen))
-  step_fn = jax.jit(make_train_step(ppo.make_loss(policy, critic, pc, plen), tx, schedule),
-                    donate_argnums=0)
+  rm_params = copy(rm_params)
+  score_fn = jax.jit(ppo.make_scorer(policy, critic, ScalarHeadModel(cfg), pc, tok.end_id, plen,
+                                     forward))
+  step_fn = jax.jit(make_train_step(ppo.make_loss(policy, critic, pc, plen, forward), tx,
+                                    schedule), donate_argnums=0)
   base_rng = jax.random.PRNGKey(config.seed + 1)
 
   def rollout(params, batch, it, beta, shift):
-    out = decoding.generate(policy, params["policy"], batch["ids"],
+    out = decoding.generate(policy, policy_params(params), batch["ids"],
                             max_new_tokens=pc.max_new_tokens, method="sample",
                             temperature=pc.temperature, eos_id=tok.end_id, pad_id=tok.pad_id,
                             rng=jax.random.fold_in(base_rng, it), pad_to_multiple=plen)

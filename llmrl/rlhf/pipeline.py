@@ -107,8 +107,10 @@ def rlhf(config, workdir: str) -> dict:
   from llmrl.rlhf import loop
   final = loop.train_rlhf(config, workdir)
   write_config(config, workdir)
+  from llmrl.adapters import lora as lora_lib
+  key = "" if lora_lib.enabled(config.get("lora")) else "policy"  # LoRA: the whole tree
   result = evaluate_stage(workdir, config.data, "chat", config.eval_max_new_tokens,
-                          params_key="policy")
+                          params_key=key)
   return {**final, "eval": result}
 
 

@@ -19,7 +19,7 @@ the log-prob / value of response token t is read at position P + t - 1.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +40,36 @@ class Rollout(NamedTuple):
   old_values: jax.Array   # [B, T] critic values
   advantages: jax.Array   # [B, T] whitened
   returns: jax.Array      # [B, T]
+
+
+class Forward(NamedTuple):
+  """The three forward passes PPO needs; each gives per-token outputs [B, P+T, ...].
+
+  policy(params, seq, pos, seg) -> logits; reference(params, ref_params, seq, pos, seg)
+  -> logits; critic(params, seq, pos, seg) -> values.
+  """
+  policy: Callable
+  reference: Callable
+  critic: Callable
+
+
+def full_forward(policy: GPT, critic: ScalarHeadModel) -> Forward:
+  """Full fine-tuning: params = {"policy", "critic"}, a separate frozen reference tree."""
+  return Forward(
+      lambda p, *a: policy.apply({"params": p["policy"]}, *a),
+      lambda p, ref, *a: policy.apply({"params": ref}, *a),
+      lambda p, *a: critic.apply({"params": p["critic"]}, *a))
+
+
+def lora_forward(policy: GPT, critic: ScalarHeadModel, policy_lora, critic_lora) -> Forward:
+  """One frozen base for all three: params = {"base", "policy": {"lora"},
+  "critic": {"lora", "head"}}. The reference is the base with adapters off."""
+  sg = jax.lax.stop_gradient
+  return Forward(
+      lambda p, *a: policy_lora.apply(sg(p["base"]), p["policy"]["lora"], *a, model=policy),
+      lambda p, ref, *a: policy.apply({"params": sg(p["base"])}, *a),
+      lambda p, *a: critic_lora.apply({"backbone": sg(p["base"]), "head": p["critic"]["head"]},
+                                      p["critic"]["lora"], *a, model=critic))
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -95,19 +125,21 @@ def sequences(prompt_ids, prompt_mask, tokens, lengths):
 
 
 def make_scorer(policy: GPT, critic: ScalarHeadModel, reward_model: ScalarHeadModel,
-                c: ml_collections.ConfigDict, end_id: int, prompt_len: int):
+                c: ml_collections.ConfigDict, end_id: int, prompt_len: int,
+                forward: Forward | None = None):
   """Builds score(params, ref_params, rm_params, prompt_ids, prompt_mask, tokens, lengths,
   beta, score_shift) -> (Rollout, metrics): step 2 and 3 of the module docstring."""
+  fwd = forward or full_forward(policy, critic)
 
   def score(params, ref_params, rm_params, prompt_ids, prompt_mask, tokens, lengths,
             beta, score_shift):
     seq, seg, pos, mask = sequences(prompt_ids, prompt_mask, tokens, lengths)
     resp = lambda x: response_view(x, prompt_len)  # noqa: E731
-    logits = policy.apply({"params": params["policy"]}, seq, pos, seg)
+    logits = fwd.policy(params, seq, pos, seg)
     logp = token_logprobs(resp(logits), tokens) * mask  # [B, T]
-    ref_logp = token_logprobs(resp(policy.apply({"params": ref_params}, seq, pos, seg)),
+    ref_logp = token_logprobs(resp(fwd.reference(params, ref_params, seq, pos, seg)),
                               tokens) * mask
-    values = resp(critic.apply({"params": params["critic"]}, seq, pos, seg)) * mask
+    values = resp(fwd.critic(params, seq, pos, seg)) * mask
     last = prompt_len + jnp.maximum(lengths, 1) - 1  # [B] index of the last response token
     rm = jnp.take_along_axis(reward_model.apply({"params": rm_params}, seq, pos, seg),
                              last[:, None], 1)[:, 0] - score_shift  # [B]
@@ -139,21 +171,20 @@ def make_scorer(policy: GPT, critic: ScalarHeadModel, reward_model: ScalarHeadMo
 
 
 def make_loss(policy: GPT, critic: ScalarHeadModel, c: ml_collections.ConfigDict,
-              prompt_len: int):
+              prompt_len: int, forward: Forward | None = None):
   """PPO loss over a minibatch of Rollout rows, in the engine's (sum, (weight, sums)) form."""
+  fwd = forward or full_forward(policy, critic)
 
   def loss_fn(params, mb: dict, rng):
     del rng
     resp = lambda x: response_view(x, prompt_len)  # noqa: E731
     tokens = mb["seq"][:, prompt_len:]
-    logits = resp(policy.apply({"params": params["policy"]}, mb["seq"], mb["positions"],
-                               mb["segment_ids"]))
+    logits = resp(fwd.policy(params, mb["seq"], mb["positions"], mb["segment_ids"]))
     logp = token_logprobs(logits, tokens)
     mask = mb["mask"]
     pg, stats = ppo_core.clipped_surrogate_loss(logp, mb["old_logp"], mb["advantages"],
                                                 clip_eps=c.clip_eps, mask=mask)
-    values = resp(critic.apply({"params": params["critic"]}, mb["seq"], mb["positions"],
-                               mb["segment_ids"]))
+    values = resp(fwd.critic(params, mb["seq"], mb["positions"], mb["segment_ids"]))
     vf = ppo_core.value_loss(values, mb["old_values"], mb["returns"],
                              clip_eps=c.value_clip_eps, mask=mask)
     ent = ppo_core.entropy_bonus(entropy(logits), mask)
