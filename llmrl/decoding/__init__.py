@@ -8,13 +8,14 @@
 One mechanism for every experiment (eval samples, chat, RLHF rollouts): the
 prompt is prefilled into a KV cache and the tokens are produced by one
 `lax.while_loop`, all inside one `jax.jit` program. Models are reached
-through a `DecodeAdapter` (adapters.py), so an encoder-decoder model plugs in
-without touching the loops. Beam search reproduces transformers' results.
+through a `DecodeAdapter` (adapters.py); GPT and T5 (seq2seq.py, prompt = encoder
+input) have one, and another model plugs in without touching the loops. Beam search reproduces transformers' results.
 """
 
 from llmrl.decoding.adapters import CachedDecoder, DecodeAdapter, UncachedDecoder, as_adapter
 from llmrl.decoding.api import METHODS, decode, generate, pad_prompts
 from llmrl.decoding.loops import GenerateOutput, Knobs, Settings
+from llmrl.decoding.seq2seq import Seq2SeqDecoder
 
 __all__ = [
   "METHODS",
@@ -22,6 +23,7 @@ __all__ = [
   "DecodeAdapter",
   "GenerateOutput",
   "Knobs",
+  "Seq2SeqDecoder",
   "Settings",
   "UncachedDecoder",
   "as_adapter",

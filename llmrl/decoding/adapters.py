@@ -15,13 +15,11 @@ adapter may define `select_beams(state, parents)` to do the latter faster.
 Decoder-only (here): the left-padded prompt is prefilled into a KV cache of
 p + max_new_tokens slots; positions restart at 0 at each row's first real
 token and padding has segment id 0, so it is never attended.
-Encoder-decoder (not wired yet; llmrl.models.t5 is arriving with `T5.encode`,
-`T5.decode` and a sizable `init_cache`, which is what an adapter needs):
-`prefill` encodes the prompts (encoder input, mask = encoder padding), keeps
-the encoder outputs and mask in `state` and runs the decoder on its start
-token; `step` runs the decoder with cross-attention. Encoder outputs are
-batch-first state leaves, so they follow the beams with the cache, and
-nothing in the loops changes. Only decoder-only models are tested.
+Encoder-decoder (seq2seq.py, for llmrl's T5): `prefill` encodes the prompts
+(encoder input, mask = encoder padding), keeps the encoder outputs and mask
+in `state` and runs the decoder on its start token; `step` runs the decoder
+with cross-attention. Encoder outputs are batch-first state leaves, so they
+follow the beams with the cache, and nothing in the loops changes.
 """
 
 from __future__ import annotations
@@ -33,6 +31,8 @@ import jax
 import jax.numpy as jnp
 
 from llmrl.models.gpt import GPT, init_cache
+from llmrl.models.t5 import T5
+from llmrl.decoding.seq2seq import Seq2SeqDecoder
 
 
 @runtime_checkable
@@ -230,12 +230,16 @@ class UncachedDecoder:
 
 
 def as_adapter(model, use_cache: bool = True) -> DecodeAdapter:
-  """A DecodeAdapter for `model` (a GPT, or already an adapter)."""
+  """A DecodeAdapter for `model` (a GPT, a T5, or already an adapter)."""
   if isinstance(model, GPT):
     return CachedDecoder(model) if use_cache else UncachedDecoder(model)
+  if isinstance(model, T5):
+    if not use_cache:
+      raise ValueError("use_cache=False: T5 decoding has only the cached path; drop the flag")
+    return Seq2SeqDecoder(model)
   if isinstance(model, DecodeAdapter):
     return model
   raise ValueError(
-    f"model: {type(model).__name__} is not supported by llmrl.decoding; pass an llmrl GPT "
+    f"model: {type(model).__name__} is not supported by llmrl.decoding; pass an llmrl GPT or T5 "
     "or wrap the model in a DecodeAdapter (see llmrl/decoding/adapters.py)"
   )
