@@ -94,7 +94,7 @@ def analyse(rows: list[dict], workdir: str, fit_loss: str = "eval",
     start = [[math.log(a3["A"]), math.log(a3["B"]), math.log(a3["E"]), a3["alpha"], a3["beta"]]]
     a3["ci90"] = chinchilla.bootstrap(
         lambda n_params, n_tokens, loss: chinchilla.fit_chinchilla(
-            n_params, n_tokens, loss, num_starts=4, extra_starts=start),
+            n_params, n_tokens, loss, num_starts=1, extra_starts=start),
         {"n_params": n_tot, "n_tokens": d, "loss": loss}, samples=bootstrap,
         keys=("E", "A", "B", "alpha", "beta", "a", "b"))
   fits["approach3"] = a3

@@ -74,7 +74,7 @@ def _grid_values(log_n, log_d, log_loss, delta) -> tuple[np.ndarray, np.ndarray]
 
 
 def fit_chinchilla(n_params, n_tokens, loss, *, delta: float = HUBER_DELTA,
-                   num_starts: int = 16, extra_starts=()) -> dict:
+                   num_starts: int = 8, extra_starts=()) -> dict:
   """Approach 3: fits L = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, eq. 10).
 
   Minimises sum Huber_delta(log L_hat - log L) with L-BFGS. The whole published

@@ -32,7 +32,7 @@ def check_points(min_points: int, what: str = "fit", **columns) -> dict:
                        f"at index {int(np.argmax(bad))}; drop failed or diverged runs first.")
     if (x <= 0).any():
       i = int(np.argmax(x <= 0))
-      raise ValueError(f"{what}: {name}[{i}]={x[i]!r} must be > 0 (power laws are fitted "
+      raise ValueError(f"{what}: {name}[{i}]={float(x[i])!r} must be > 0 (power laws are fitted "
                        "in log space).")
     out[name] = x
   if length is not None and length < min_points:

@@ -123,8 +123,8 @@ def _counts(pretrain, width, depth, heads, d_ff, vocab_size) -> tuple[int, int, 
   from llmrl.tasks.lm import make_gpt_config
   m = copy.deepcopy(pretrain.model)
   m.d_model, m.num_layers, m.num_heads, m.d_ff = width, depth, heads, d_ff
-  cfg = make_gpt_config(m, vocab_size, pretrain.train.seq_len)
   try:
+    cfg = make_gpt_config(m, vocab_size, pretrain.train.seq_len)
     n = count_params_from_config(cfg)
     fpt = flops_per_token(cfg, pretrain.train.seq_len)
   except (ZeroDivisionError, ValueError):  # an impossible shape: the run will report it
