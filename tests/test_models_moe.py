@@ -55,6 +55,18 @@ def reference(params, x, k, order, kind, use_bias):
   return out
 
 
+def fill(model, *args, seed=0):
+  """Random params shaped like model.init's (numpy fill: no init compile), norm scales 1."""
+  shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), *args))["params"]
+  rng = np.random.default_rng(seed)
+
+  def one(path, s):
+    base = 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else 0.0
+    return jnp.asarray(base + 0.1 * rng.standard_normal(s.shape), s.dtype)
+
+  return jax.tree_util.tree_map_with_path(one, shapes)
+
+
 def random_params(layer, x, seed=0):
   shapes = nn.unbox(jax.eval_shape(layer.init, jax.random.key(0), x))["params"]
   rng = np.random.default_rng(seed)
@@ -80,7 +92,7 @@ def test_large_capacity_equals_per_token_loop(k, order, kind, use_bias, dispatch
                   capacity_factor_eval=E / k)  # fmt: skip
   layer = MoE(cfg, d_ff=F, kind=kind, use_bias=use_bias)
   params = random_params(layer, x)
-  y, v = layer.apply({"params": params}, x, mutable=["moe"])
+  y, v = jax.jit(lambda p, x: layer.apply({"params": p}, x, mutable=["moe"]))(params, x)
   (stats,) = v["moe"]["stats"]
   assert float(stats["dropped_fraction"]) == 0.0
   np.testing.assert_allclose(y, reference(params, x, k, order, kind, use_bias), atol=2e-5)
@@ -94,7 +106,7 @@ def test_dropless_equals_loop_and_dispatch_modes_agree():
                     dropless=True, capacity_factor=0.1, dispatch=dispatch)  # fmt: skip
     layer = MoE(cfg, d_ff=F, kind="swiglu", use_bias=False)
     params = random_params(layer, x, seed=3)
-    outs.append(layer.apply({"params": params}, x, deterministic=False))
+    outs.append(jax.jit(lambda p, x: layer.apply({"params": p}, x, deterministic=False))(params, x))
   np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
   np.testing.assert_allclose(outs[0], reference(params, x, 2, "topk_softmax", "swiglu", False),
                              atol=2e-5)  # fmt: skip
@@ -139,7 +151,7 @@ def test_dropped_token_accounting_is_exact():
   params["router"] = jnp.zeros_like(params["router"]).at[:, 0].set(1.0)
   x = jnp.abs(x)  # all router logits favour expert 0
   assert cfg.capacity(s, deterministic=True) == 2
-  y, v = layer.apply({"params": params}, x, mutable=["moe"])
+  y, v = jax.jit(lambda p, x: layer.apply({"params": p}, x, mutable=["moe"]))(params, x)
   (stats,) = v["moe"]["stats"]
   np.testing.assert_allclose(stats["dropped_fraction"], 4 / 6, atol=1e-7)
   np.testing.assert_array_equal(np.asarray(y[0, 2:]), 0.0)
@@ -201,8 +213,7 @@ def test_gpt_moe_every_and_accounting():
   cfg = _gpt_cfg()
   model = GPT(cfg)
   ids = jnp.zeros((2, 8), jnp.int32)
-  variables = model.init(jax.random.key(0), ids)
-  params = variables["params"]
+  params = fill(model, ids)
   assert [n for n in sorted(params) if "moe" in params[n]] == ["layers_1", "layers_3"]
   assert "mlp" in params["layers_0"] and "moe" not in params["layers_0"]
   counts = count_params_from_config(cfg)
@@ -212,7 +223,7 @@ def test_gpt_moe_every_and_accounting():
   assert counts["active"] == dense["total"] + 2 * 16 * 4
   assert counts["active_non_embedding"] == dense["non_embedding"] + 2 * 16 * 4
   assert flops_per_token(cfg, 8) == flops_per_token(cfg.replace(moe=None), 8) + 3 * 2 * 2 * 16 * 4
-  logits, v = model.apply({"params": params}, ids, mutable=["moe"])
+  logits, v = jax.jit(lambda p: model.apply({"params": p}, ids, mutable=["moe"]))(params)
   penalty, metrics = summarize(v["moe"], cfg.moe)
   assert logits.shape == (2, 8, 50)
   assert len(v["moe"]) == 2 and np.isfinite(float(penalty))
@@ -223,17 +234,18 @@ def test_gpt_moe_every_and_accounting():
 def test_gpt_moe_remat_and_decode_consistent():
   cfg = _gpt_cfg(dropless=True)
   ids = jax.random.randint(jax.random.key(1), (2, 6), 0, 50)
-  params = GPT(cfg).init(jax.random.key(0), ids)["params"]
-  full = GPT(cfg).apply({"params": params}, ids)
-  remat = GPT(cfg.replace(remat="full")).apply({"params": params}, ids)
+  params = fill(GPT(cfg), ids)
+  full = jax.jit(GPT(cfg).apply)({"params": params}, ids)
+  remat = jax.jit(GPT(cfg.replace(remat="full")).apply)({"params": params}, ids)
   np.testing.assert_allclose(full, remat, atol=1e-5)
   from llmrl.models import init_cache
 
   dec = GPT(cfg.replace(decode=True))
+  step = jax.jit(lambda p, c, t: dec.apply({"params": p, "cache": c}, t, mutable=["cache"]))
   cache = init_cache(cfg, 2)
   steps = []
   for t in range(6):
-    out, v = dec.apply({"params": params, "cache": cache}, ids[:, t:t + 1], mutable=["cache"])
+    out, v = step(params, cache, ids[:, t:t + 1])
     cache = v["cache"]
     steps.append(out)
   np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-4)
@@ -246,23 +258,41 @@ def test_bert_and_t5_moe_layers_and_counts():
   bcfg = BertConfig(vocab_size=40, max_len=16, num_layers=2, d_model=16, num_heads=2, d_ff=24,
                     moe=moe)  # fmt: skip
   ids = jnp.ones((2, 8), jnp.int32)
-  bparams = Bert(bcfg).init(jax.random.key(0), ids)["params"]
+  bparams = fill(Bert(bcfg), ids)
   assert "moe" in bparams["layers_0"] and "mlp" not in bparams["layers_0"]
   assert bert_param_counts(bcfg)["total"] == count_params(bparams)
   dense_b = bert_param_counts(bcfg.replace(moe=None))
   # active: 2 experts of the dense MLP's size + router, per layer
   mlp = 2 * 16 * 24 + 24 + 16
   assert bert_param_counts(bcfg)["active"] == dense_b["total"] + 2 * (mlp + 16 * 3)
-  out, v = Bert(bcfg).apply({"params": bparams}, ids, segment_ids=ids, mutable=["moe"])
+  out, v = jax.jit(lambda p: Bert(bcfg).apply({"params": p}, ids, segment_ids=ids,
+                                               mutable=["moe"]))(bparams)  # fmt: skip
   assert out.shape == (2, 8, 40) and len(v["moe"]) == 2
 
   tcfg = T5Config(vocab_size=40, num_layers=2, d_model=16, num_heads=2, d_ff=24, style="v1_1",
                   moe=MoEConfig(num_experts=3, experts_per_token=1, every=2))  # fmt: skip
-  tparams = T5(tcfg).init(jax.random.key(0), ids, ids[:, :5])["params"]
+  tparams = fill(T5(tcfg), ids, ids[:, :5])
   assert "moe" in tparams["encoder"]["layers_1"] and "mlp" in tparams["encoder"]["layers_0"]
   assert "moe" in tparams["decoder"]["layers_1"]
   assert t5_param_counts(tcfg)["total"] == count_params(tparams)
   dense_t = t5_param_counts(tcfg.replace(moe=None))
   assert t5_param_counts(tcfg)["active"] == dense_t["total"] + 2 * 16 * 3
-  logits, v = T5(tcfg).apply({"params": tparams}, ids, ids[:, :5], mutable=["moe"])
+  logits, v = jax.jit(lambda p: T5(tcfg).apply({"params": p}, ids, ids[:, :5],
+                                               mutable=["moe"]))(tparams)  # fmt: skip
   assert logits.shape == (2, 5, 40) and len(jax.tree.leaves(v["moe"])) > 0
+
+
+def test_gather_dispatch_gradients_equal_einsum_autodiff():
+  # The gather path has a hand-written backward; the einsum path is plain autodiff.
+  x = jax.random.normal(jax.random.key(8), (2, 12, D))
+  w = jax.random.normal(jax.random.key(9), (2, 12, D))
+  grads = []
+  for dispatch in ("gather", "einsum"):
+    cfg = MoEConfig(num_experts=E, experts_per_token=2, capacity_factor=0.75, dispatch=dispatch)
+    layer = MoE(cfg, d_ff=F, kind="geglu", use_bias=True)
+    params = random_params(layer, x, seed=10)
+    loss = lambda p, x: jnp.sum(w * layer.apply({"params": p}, x, deterministic=False))  # noqa: E731
+    grads.append(jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x))
+  assert float(jnp.abs(grads[0][1]).max()) > 0
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(a, b, atol=1e-5)

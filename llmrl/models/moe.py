@@ -161,7 +161,7 @@ def route(logits, k: int, capacity: int, order: str, token_mask=None) -> Routing
     aux_loss=e * jnp.sum(fraction * mean_prob),
     z_loss=jnp.sum(jnp.square(log_z) * maskf) / n,
     expert_fraction=fraction,
-    dropped_fraction=1.0 - jnp.sum(kept.astype(jnp.float32)) / (n * k),
+    dropped_fraction=jnp.sum((mask[..., None] & ~kept).astype(jnp.float32)) / (n * k),
   )
   return Routing(expert.astype(jnp.int32), position.astype(jnp.int32), kept, gate, probs, stats)
 
@@ -183,30 +183,71 @@ def _slots(r: Routing, num_experts: int, capacity: int):
   return jnp.where(r.kept, slot, num_experts * capacity)
 
 
-def _dispatch_gather(x, slot, num_experts: int, capacity: int):
+@jax.custom_vjp
+def _gather_rows(src, index, valid, back_index, back_valid):
+  """out[g, m] = src[g, index[g, m]] * valid[g, m]: src [g, n, d], index/valid [g, m].
+
+  The backward pass is a gather too (no scatter-add): dsrc[g, i] =
+  sum_j dout[g, back_index[g, i, j]] * back_valid[g, i, j], where back_index
+  lists the rows m that read row i (valid only if the forward map is exactly that).
+  """
+  return jnp.take_along_axis(src, index[..., None], axis=1) * valid[..., None].astype(src.dtype)
+
+
+def _gather_rows_fwd(src, index, valid, back_index, back_valid):
+  return _gather_rows(src, index, valid, back_index, back_valid), (back_index, back_valid)
+
+
+def _gather_rows_bwd(res, dout):
+  back_index, back_valid = res
+  g, n, j = back_index.shape
+  picked = jnp.take_along_axis(dout, back_index.reshape(g, n * j)[..., None], axis=1)
+  picked = picked.reshape(g, n, j, dout.shape[-1])  # [g, n, j, d]
+  dsrc = jnp.einsum("gnjd,gnj->gnd", picked, back_valid.astype(dout.dtype))
+  return dsrc, None, None, None, None
+
+
+_gather_rows.defvjp(_gather_rows_fwd, _gather_rows_bwd)
+
+
+class _SlotMaps(NamedTuple):
+  """Index maps between (token, choice) pairs [g, s*k] and expert slots [g, E*C]."""
+
+  slot: jax.Array  # [g, s*k] slot of each pair (clipped; see kept)
+  kept: jax.Array  # [g, s*k] float
+  token_of_slot: jax.Array  # [g, E*C]
+  pair_of_slot: jax.Array  # [g, E*C] flat (token, choice) index
+  filled: jax.Array  # [g, E*C] float
+
+
+def _slot_maps(r: Routing, num_experts: int, capacity: int) -> _SlotMaps:
+  g, s, k = r.expert.shape
+  n_slots = num_experts * capacity
+  flat = _slots(r, num_experts, capacity).reshape(g, s * k)  # [g, s*k], n_slots = dropped
+  rows = jnp.arange(g)[:, None]
+  pair = jnp.broadcast_to(jnp.arange(s * k), (g, s * k))
+  pair_of_slot = jnp.zeros((g, n_slots), jnp.int32).at[rows, flat].set(pair, mode="drop")
+  filled = jnp.zeros((g, n_slots), jnp.float32).at[rows, flat].set(1.0, mode="drop")
+  return _SlotMaps(jnp.minimum(flat, n_slots - 1), r.kept.reshape(g, s * k).astype(jnp.float32),
+                   pair_of_slot // k, pair_of_slot, filled)  # fmt: skip
+
+
+def _dispatch_gather(x, m: _SlotMaps, num_experts: int, capacity: int):
   """x [g, s, d] -> expert inputs [E, g, C, d] by gathering each slot's token."""
   g, s, d = x.shape
-  k = slot.shape[-1]
-  n_slots = num_experts * capacity
-  rows = jnp.arange(g)[:, None]  # [g, 1]
-  flat = slot.reshape(g, s * k)  # [g, s*k]
-  token = jnp.broadcast_to(jnp.arange(s)[:, None], (s, k)).reshape(1, s * k)
-  token_of_slot = jnp.zeros((g, n_slots), jnp.int32).at[rows, flat].set(
-    jnp.broadcast_to(token, (g, s * k)), mode="drop"
-  )  # [g, E*C]
-  filled = jnp.zeros((g, n_slots), x.dtype).at[rows, flat].set(1, mode="drop")  # [g, E*C]
-  inputs = jnp.take_along_axis(x, token_of_slot[..., None], axis=1) * filled[..., None]
+  k = m.slot.shape[1] // s
+  back = m.slot.reshape(g, s, k)  # the slots each token was copied to
+  inputs = _gather_rows(x, m.token_of_slot, m.filled, back, m.kept.reshape(g, s, k))
   return jnp.swapaxes(inputs.reshape(g, num_experts, capacity, d), 0, 1)  # [E, g, C, d]
 
 
-def _combine_gather(y, slot, gate):
+def _combine_gather(y, m: _SlotMaps, gate):
   """Expert outputs y [E, g, C, d] -> [g, s, d]: gate-weighted sum over each token's choices."""
   e, g, c, d = y.shape
-  s, k = slot.shape[1:]
+  s, k = gate.shape[1:]
   flat = jnp.swapaxes(y, 0, 1).reshape(g, e * c, d)  # [g, E*C, d]
-  idx = jnp.minimum(slot, e * c - 1).reshape(g, s * k)  # [g, s*k] (gate is 0 where clipped)
-  picked = jnp.take_along_axis(flat, idx[..., None], axis=1).reshape(g, s, k, d)
-  return jnp.einsum("gskd,gsk->gsd", picked, gate.astype(y.dtype))
+  picked = _gather_rows(flat, m.slot, m.kept, m.pair_of_slot[..., None], m.filled[..., None])
+  return jnp.einsum("gskd,gsk->gsd", picked.reshape(g, s, k, d), gate.astype(y.dtype))
 
 
 def _expert_init(std: float, names):
@@ -285,15 +326,15 @@ class MoE(nn.Module):
     if cfg.dispatch == "einsum":
       inputs, combine = _dispatch_einsum(x, r, e, capacity)
     else:
-      slot = _slots(r, e, capacity)
-      inputs = _dispatch_gather(x, slot, e, capacity)
+      maps = _slot_maps(r, e, capacity)
+      inputs = _dispatch_gather(x, maps, e, capacity)
     inputs = nn.with_logical_constraint(inputs, ("act_expert", "act_batch", None, "act_embed"))
     y = self.experts(inputs)  # [E, g, C, embed]
     y = nn.with_logical_constraint(y, ("act_expert", "act_batch", None, "act_embed"))
     if cfg.dispatch == "einsum":
       out = jnp.einsum("gsec,egcd->gsd", combine, y)  # [g, s, embed]
     else:
-      out = _combine_gather(y, slot, r.gate)
+      out = _combine_gather(y, maps, r.gate)
     return nn.with_logical_constraint(out, ("act_batch", "act_length", "act_embed"))
 
 
