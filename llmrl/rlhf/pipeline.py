@@ -48,10 +48,15 @@ def pretrain(config, workdir: str) -> dict:
 
 def sft(config, workdir: str) -> dict:
   """SFT; with config.lora / config.prompt_tuning also writes the adapter-only files."""
+  return sft_run(config, workdir)[0].metrics
+
+
+def sft_run(config, workdir: str) -> tuple[trainer.TrainResult, GPT, object]:
+  """SFT returning (TrainResult, model, tokenizer): the final state for callers that measure it."""
   from llmrl.rlhf import sft as sft_lib
   result, (_, model, tok) = _train(config, workdir, sft_lib.make_task)
   save_adapters(config, workdir, model, config.train.seq_len, result.state.params, tok)
-  return result.metrics
+  return result, model, tok
 
 
 def save_adapters(config, workdir: str, model, seq_len: int, params, tok=None,
