@@ -8,6 +8,11 @@ Target (issue 7): <= 10 min on 2 CPU cores; RM held-out accuracy >= 0.8; true re
 after PPO > after SFT; hallucination rate lower after PPO; mean KL within 2x target.
 
 Presets: `tiny` (smoke test, ~90 s): every stage shrunk to a few steps.
+  `gpt2_small`: the pod shape: a GPT-2-small-sized policy (12 layers x 768, 12
+  heads, 1024 context, bf16 compute, full remat) pretrained on the TFDS corpus
+  lm1b (32k-piece tokenizer trained on it), every stage on a data=2 x fsdp=4
+  mesh (8 devices; scale `mesh.data` for more). tests/test_rlhf_aot.py lowers
+  its pretraining and PPO train steps ahead of time on 8 fake CPU devices.
 Stage settings live in config.pretrain / config.sft / config.reward_model /
 config.rlhf (the stage config files' fields), e.g. --config.rlhf.ppo.kl_target=0.5.
 """
@@ -18,15 +23,19 @@ from configs import pretrain, reward_model, rlhf, sft
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-  if preset not in ("", "tiny"):
-    raise ValueError(f"unknown preset {preset!r} for configs/chatgpt.py; use tiny")
+  if preset not in ("", "tiny", "gpt2_small"):
+    raise ValueError(f"unknown preset {preset!r} for configs/chatgpt.py; use tiny or gpt2_small")
+  stage_preset = "tiny" if preset == "tiny" else ""
   c = ml_collections.ConfigDict()
   c.cache_dir = ""  # prepared data for every stage ("" = each stage's config.data.cache_dir)
   c.eval_max_new_tokens = 24
-  c.pretrain = pretrain.get_config(preset)
-  c.sft = sft.get_config(preset)
-  c.reward_model = reward_model.get_config(preset)
-  c.rlhf = rlhf.get_config(preset)
+  c.pretrain = pretrain.get_config(stage_preset)
+  c.sft = sft.get_config(stage_preset)
+  c.reward_model = reward_model.get_config(stage_preset)
+  c.rlhf = rlhf.get_config(stage_preset)
+  if preset == "gpt2_small":
+    _gpt2_small(c)
+    return c
   if preset == "tiny":
     c.pretrain.train.steps = 30
     c.sft.train.steps = 10
@@ -36,3 +45,20 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   else:
     c.pretrain.train.steps = 1000
   return c
+
+
+def _gpt2_small(c: ml_collections.ConfigDict) -> None:
+  """GPT-2 small (Radford et al. 2019: 12 x 768, 12 heads, 1024 context) on lm1b, sharded."""
+  p = c.pretrain
+  p.model.update(style="gpt2", num_layers=12, d_model=768, num_heads=12, d_ff=3072,
+                 max_len=1024, dtype="bfloat16", remat="full")
+  p.data.update(name="lm1b", vocab_size=32000)
+  p.train.update(seq_len=1024, global_batch_size=256, steps=100_000, log_every=100,
+                 checkpoint_every=2000)
+  p.optim.update(learning_rate=6e-4, warmup_steps=2000, schedule="cosine")
+  for stage in (c.pretrain, c.sft, c.reward_model, c.rlhf):
+    stage.mesh.update(data=2, fsdp=4)
+  c.sft.train.update(seq_len=1024, global_batch_size=64, steps=5000)
+  c.reward_model.train.update(seq_len=1024, global_batch_size=64, steps=2000)
+  c.rlhf.ppo.update(rollout_batch=512, minibatches=8, max_new_tokens=256, iterations=1000)
+  c.eval_max_new_tokens = 128

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -83,20 +84,32 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
   tc = config.train
   validate_model(config.model, tc.seq_len)
   data_lib.validate_config(config.data)
-  if not config.model.max_len:  # record the context length the model is built with
-    config.model.max_len = tc.seq_len
   tokenizer = data_lib.get_tokenizer(config.data)
   if workdir:
     os.makedirs(workdir, exist_ok=True)
     dest = os.path.join(workdir, "tokenizer.model")
     if os.path.abspath(tokenizer.path) != os.path.abspath(dest):
       shutil.copyfile(tokenizer.path, dest)
-  cfg = make_gpt_config(config.model, tokenizer.vocab_size, tc.seq_len)
-  model = GPT(cfg)
+  task, model = model_task(config, tokenizer.vocab_size)
   import jax
   batches = data_lib.lm_batches(
       config.data, tokenizer, batch_size=local_batch_size(tc), seq_len=tc.seq_len,
       shard_index=jax.process_index(), shard_count=jax.process_count(), seed=config.seed)
+  return dataclasses.replace(task, data=batches), model, tokenizer
+
+
+def model_task(config: ml_collections.ConfigDict, vocab_size: int):
+  """(Task without data, model) for config.model at vocabulary `vocab_size`.
+
+  What `make_task` trains, minus tokenizer and data: enough to lower the train
+  step ahead of time (`llmrl.train.trainer.lower_train_step`) for a pod config.
+  """
+  tc = config.train
+  validate_model(config.model, tc.seq_len)
+  if not config.model.max_len:  # record the context length the model is built with
+    config.model.max_len = tc.seq_len
+  cfg = make_gpt_config(config.model, vocab_size, tc.seq_len)
+  model = GPT(cfg)
   deterministic = cfg.dropout_rate == 0.0 and cfg.moe is None  # MoE: train capacity, jitter
   z_loss = config.get("z_loss", 0.0)
 
@@ -111,9 +124,19 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
     return add_to_loss(loss_sum, weight, sums, aux.get("moe", {}), cfg.moe)
 
   tokens = tc.global_batch_size * tc.seq_len
-  task = Task(init_params=init_params, loss_fn=loss_fn, data=batches,
+  task = Task(init_params=init_params, loss_fn=loss_fn, data=None,
               tokens_per_step=tokens, flops_per_step=flops_per_token(cfg, tc.seq_len) * tokens)
-  return task, model, tokenizer
+  return task, model
+
+
+def batch_spec(config: ml_collections.ConfigDict) -> dict:
+  """Global-shape ShapeDtypeStructs of one packed LM batch (inputs, targets, ...)."""
+  import jax
+  shape = (config.train.global_batch_size, config.train.seq_len)
+  keys = ("inputs", "targets", "positions", "segment_ids")
+  spec = {k: jax.ShapeDtypeStruct(shape, jnp.int32) for k in keys}
+  spec["weights"] = jax.ShapeDtypeStruct(shape, jnp.float32)
+  return spec
 
 
 def describe(model: GPT) -> str:

@@ -104,16 +104,14 @@ class StateSetup(NamedTuple):
   data_state: Any        # this process's restored data-iterator state, or None
 
 
-def setup_state(seed: int, init_params: Callable, tx, mesh, ckpt: Checkpointer,
-                initial_params: Callable | None = None) -> StateSetup:
-  """Shardings for (params, optimizer state), then restore from `ckpt` or initialise.
+def abstract_state(init_params: Callable, tx, mesh) -> tuple[TrainState, TrainState]:
+  """(TrainState of ShapeDtypeStructs carrying their shardings, the shardings) of a task.
 
-  Parameters are initialised directly into their sharded layout (jit with
-  out_shardings), or placed from `initial_params()` (host arrays) when given.
+  Nothing is materialised: shapes come from `jax.eval_shape`, so this also
+  serves AOT lowering of models that do not fit the host.
   """
   rep = mesh_lib.replicated(mesh)
-  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
-  boxed = jax.eval_shape(init_params, init_rng)
+  boxed = jax.eval_shape(init_params, jax.random.PRNGKey(0))
   p_sh = mesh_lib.logical_shardings(boxed, mesh)
   p_shapes = nn.meta.unbox(boxed)
   mesh_lib.check_divisible(p_shapes, p_sh)
@@ -125,19 +123,65 @@ def setup_state(seed: int, init_params: Callable, tx, mesh, ckpt: Checkpointer,
       TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=p_shapes,
                  opt_state=o_shapes, rng=jax.ShapeDtypeStruct((2,), jnp.uint32)),
       state_sh)
+  return abstract, state_sh
+
+
+def setup_state(seed: int, init_params: Callable, tx, mesh, ckpt: Checkpointer,
+                initial_params: Callable | None = None) -> StateSetup:
+  """Shardings for (params, optimizer state), then restore from `ckpt` or initialise.
+
+  Parameters are initialised directly into their sharded layout (jit with
+  out_shardings), or placed from `initial_params()` (host arrays) when given.
+  """
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
+  abstract, state_sh = abstract_state(init_params, tx, mesh)
   restored = ckpt.restore_latest(abstract)
   if restored is not None:
     start, state, data_state = restored
     return StateSetup(state, state_sh, start, data_state)
+  p_shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract.params)
   with mesh_lib.activate(mesh):
     if initial_params is not None:
-      params = jax.device_put(_check_like(initial_params(), p_shapes), p_sh)
+      params = jax.device_put(_check_like(initial_params(), p_shapes), state_sh.params)
     else:
-      params = jax.jit(lambda k: nn.meta.unbox(init_params(k)), out_shardings=p_sh)(init_rng)
-    opt_state = jax.jit(tx.init, out_shardings=o_sh)(params)
+      params = jax.jit(lambda k: nn.meta.unbox(init_params(k)),
+                       out_shardings=state_sh.params)(init_rng)
+    opt_state = jax.jit(tx.init, out_shardings=state_sh.opt_state)(params)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                     rng=jax.device_put(jnp.asarray(state_rng, jnp.uint32), rep))
+                     rng=jax.device_put(jnp.asarray(state_rng, jnp.uint32), state_sh.rng))
   return StateSetup(state, state_sh, 0, None)
+
+
+def jit_train_step(loss_fn: LossFn, tx, schedule, microbatches: int, mesh, state_sh: TrainState):
+  """The task's train step jitted for `mesh`: (state, global batch) -> (state, metrics).
+
+  The state is donated; the batch is split over the data-parallel axes.
+  """
+  batch_sh = mesh_lib.batch_sharding(mesh)
+  micro_sh = NamedSharding(mesh, P(None, mesh_lib.BATCH_AXES))
+  return jax.jit(
+      make_train_step(loss_fn, tx, schedule, microbatches,
+                      lambda mb: jax.lax.with_sharding_constraint(mb, micro_sh)),
+      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, mesh_lib.replicated(mesh)),
+      donate_argnums=0)
+
+
+def lower_train_step(config: ml_collections.ConfigDict, task: Task, batch: dict, mesh=None):
+  """AOT-lowers `task`'s train step for config.train/optim on config.mesh (or `mesh`).
+
+  `batch` maps the batch keys to global-shape jax.ShapeDtypeStructs. Nothing
+  is allocated, so a pod-sized model can be checked (shardings, shapes,
+  divisibility) on a laptop with fake devices; `.compile()` the result to
+  go further.
+  """
+  tc = config.train
+  mesh = mesh or mesh_lib.make_mesh(config.mesh)
+  validate(tc, mesh)
+  tx, schedule = make_optimizer(config.optim, tc.steps, mask=task.trainable_mask)
+  abstract, state_sh = abstract_state(task.init_params, tx, mesh)
+  step_fn = jit_train_step(task.loss_fn, tx, schedule, tc.microbatches, mesh, state_sh)
+  with mesh_lib.activate(mesh):
+    return step_fn.lower(abstract, batch)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, task: Task,
@@ -153,19 +197,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task,
   writer = MetricWriter(workdir, enabled=primary)
   setup = setup_state(config.seed, task.init_params, tx, mesh, ckpt, task.initial_params)
   state, state_sh, start = setup.state, setup.shardings, setup.start
-  rep = mesh_lib.replicated(mesh)
   if setup.data_state is not None:
     task.data.set_state(setup.data_state)
     writer.truncate_after(start)
     log.info("resumed from %s/checkpoints step %d", workdir, start)
 
   batch_sh = mesh_lib.batch_sharding(mesh)
-  micro_sh = NamedSharding(mesh, P(None, mesh_lib.BATCH_AXES))
-  step_fn = jax.jit(
-      make_train_step(task.loss_fn, tx, schedule, tc.microbatches,
-                      lambda mb: jax.lax.with_sharding_constraint(mb, micro_sh)),
-      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep),
-      donate_argnums=0)
+  step_fn = jit_train_step(task.loss_fn, tx, schedule, tc.microbatches, mesh, state_sh)
 
   def to_global(local: dict) -> dict:
     return {k: jax.make_array_from_process_local_data(batch_sh, np.asarray(v))
