@@ -127,6 +127,8 @@ def plot_utilisation(moe: dict, num_experts: int, path: str) -> str:
   for i, row in enumerate(fractions):
     a1.bar(np.arange(num_experts) + i * width, row, width, label=f"MoE layer {i}")
   a1.axhline(1.0 / num_experts, color="gray", ls="--", label="balanced")
+  a1.set_xticks(np.arange(num_experts) + width * (len(fractions) - 1) / 2)
+  a1.set_xticklabels([str(e) for e in range(num_experts)])
   a1.set_xlabel("expert")
   a1.set_ylabel("fraction of token assignments (held-out)")
   a1.legend(fontsize=8)
