@@ -146,3 +146,29 @@ def test_adapter_only_checkpoint_is_small_and_round_trips(tmp_path):
   ids = jnp.arange(12)[None] % 64
   np.testing.assert_array_equal(lora.apply(params, ad, ids, model=model),
                                 lora2.apply(params, ad2, ids, model=model))
+
+
+@pytest.mark.parametrize("family", ["bert", "t5"])
+def test_other_families_merge_equals_unmerged(family):
+  from llmrl.models.bert import Bert, BertConfig
+  from llmrl.models.t5 import T5, T5Config
+  ids = jax.random.randint(jax.random.PRNGKey(3), (2, 7), 0, 37)
+  if family == "bert":
+    model = Bert(BertConfig(vocab_size=37, max_len=16, num_layers=2, d_model=32, num_heads=4,
+                            d_ff=48))
+    args = (ids,)
+  else:
+    model = T5(T5Config(vocab_size=37, num_layers=2, d_model=32, num_heads=4, d_ff=48,
+                        max_len=16))
+    args = (ids, ids[:, :5])
+  params = nn.meta.unbox(model.init({"params": jax.random.PRNGKey(0)}, *args))["params"]
+  lora = lora_lib.LoRA.for_model(model, *args, rank=2, alpha=4,
+                                 targets=("attn/*", "cross_attn/*", "mlp/*"))
+  if family == "t5":  # encoder, decoder self- and cross-attention all picked by the patterns
+    assert "decoder/layers_1/cross_attn/query" in lora.paths
+    assert "encoder/layers_0/mlp/wo" in lora.paths
+  ad = _random_adapters(lora)
+  unmerged = lora.apply(params, ad, *args, model=model)
+  merged = model.apply({"params": lora.merge(params, ad)}, *args)
+  assert float(jnp.abs(unmerged - model.apply({"params": params}, *args)).max()) > 1e-2
+  np.testing.assert_allclose(unmerged, merged, atol=2e-5, rtol=1e-5)
