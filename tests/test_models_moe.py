@@ -296,3 +296,37 @@ def test_gather_dispatch_gradients_equal_einsum_autodiff():
   assert float(jnp.abs(grads[0][1]).max()) > 0
   for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_expert_parallel_training_matches_one_device(tmp_path):
+  from llmrl.models.moe import add_to_loss
+  from llmrl.objectives.lm import causal_lm_loss
+  from llmrl.train import mesh as mesh_lib
+  from llmrl.train import trainer
+  from llmrl.train.metrics import read_jsonl
+  from tests.helpers import RandomTokens, engine_config
+
+  cfg = GPTConfig(vocab_size=64, max_len=8, num_layers=2, d_model=16, num_heads=2, d_ff=32,
+                  moe=MoEConfig(num_experts=4, experts_per_token=2, capacity_factor=1.0))  # fmt: skip
+  model = GPT(cfg)
+
+  def init_params(rng):
+    return model.init({"params": rng}, jnp.zeros((1, 8), jnp.int32))["params"]
+
+  def loss_fn(params, batch, rng):
+    logits, aux = model.apply({"params": params}, batch["inputs"], deterministic=False,
+                              mutable=["moe"])  # fmt: skip
+    loss, (weight, sums) = causal_lm_loss(logits, batch["targets"], batch["weights"])
+    return add_to_loss(loss, weight, sums, aux["moe"], cfg.moe)
+
+  runs = {}
+  for name, devices, layout in (("one", jax.devices()[:1], {}),
+                                ("experts", jax.devices(), dict(data=2, expert=4))):  # fmt: skip
+    c = engine_config(3, 8, **layout)
+    task = trainer.Task(init_params=init_params, loss_fn=loss_fn, data=RandomTokens(8, 8, 64))
+    trainer.train(c, str(tmp_path / name), task, mesh=mesh_lib.make_mesh(c.mesh, devices=devices))
+    runs[name] = read_jsonl(str(tmp_path / name / "metrics.jsonl"))
+  for key in ("train/loss", "train/grad_norm", "train/moe/aux_loss", "train/moe/dropped_fraction"):
+    np.testing.assert_allclose([r[key] for r in runs["experts"]], [r[key] for r in runs["one"]],
+                               rtol=1e-4, atol=1e-6)  # fmt: skip
+  assert runs["one"][-1]["train/moe/aux_loss"] > 0.9
