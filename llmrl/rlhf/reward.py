@@ -108,12 +108,12 @@ def make_rewards_fn(model: ScalarHeadModel, tuning: tuning_lib.Tuning | None = N
   """
   tuning = tuning or tuning_lib.Tuning()
 
-  def rewards(params, batch):
+  def rewards(params, batch, rng=None):  # rng: LoRA dropout while training
     b, k, length = batch["inputs"].shape
     flat = lambda x: x.reshape(b * k, *x.shape[2:])  # [B*K, ...]
     positions = jnp.broadcast_to(jnp.arange(length), (b * k, length))
     values = tuning.apply(model, params, flat(batch["inputs"]), positions,
-                          flat(batch["segment_ids"]))  # [B*K, L]
+                          flat(batch["segment_ids"]), rng=rng)  # [B*K, L]
     return read_at(values, flat(batch["last"])).reshape(b, k)
   return rewards
 
@@ -163,7 +163,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
     return tuning.initial({**fresh, "backbone": tuning_lib.stage_params(stage)}, config.seed)
 
   def loss_fn(params, batch, rng):
-    return ranking_loss(rewards_fn(params, batch), batch["scores"])
+    return ranking_loss(rewards_fn(params, batch, rng), batch["scores"])
 
   tokens = tc.global_batch_size * k * tc.seq_len
   task = Task(init_params=init_params, loss_fn=loss_fn, data=batches, tokens_per_step=tokens,
