@@ -1,17 +1,16 @@
 r"""Scaling-law sweep: IsoFLOP profiles of tiny GPTs on the embedded world, then Kaplan
 and Chinchilla (approaches 1-3) fits and plots.
 
-Command (default: 3 IsoFLOP profiles, C = 3e10, 1e11 and 2e11 FLOPs (C = 6ND,
-N = all params), over 6 shapes (width 24-128, 1-3 layers, 21k-670k params; the
-3e10 profile drops the largest: < 5 steps): 17 runs, ~6M tokens in all on the
-`medium` world, vocab 512, 32 x 64 tokens per step; a token grid is
---config.sweep.tokens='(2e5,)'):
+Command (default: 3 IsoFLOP profiles, C = 2e10, 4e10 and 8e10 FLOPs (C = 6ND,
+N = all params), each over 6 one-layer shapes of width 8-48 (5.5k-56k params):
+18 runs, 21.5k steps of 8 x 64 tokens (11M tokens in all) on the `medium`
+world (9M tokens; the longest run reads 2.4M, so no run repeats data), vocab 512):
   python -m experiments.sweep --config=configs/sweep.py --workdir=runs/sweep
 Runtime ~10 min on an idle 2-core CPU (see BUILD_NOTES.md for the measured figure).
 Writes WORKDIR/results.csv|json (one row per run: N, D, C, losses, wall time),
 fits.json, summary.md, loss_vs_compute.png, isoflop.png, optimal.png; each run
-is an ordinary pretraining workdir WORKDIR/runs/<name>. Expected: both IsoFLOP
-profiles have their minimum inside the sizes run; see BUILD_NOTES.md for the fits.
+is an ordinary pretraining workdir WORKDIR/runs/<name>. Expected: each IsoFLOP
+profile has its minimum inside the sizes run; see BUILD_NOTES.md for the fits.
 
 Modes (--config.sweep.mode=): local (default: run here, one after another;
 re-running skips finished runs, resumes interrupted ones, retries failed ones),
@@ -41,17 +40,16 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   p.data.world_size = "medium"    # ~9M tokens: no run repeats data
   p.data.vocab_size = 512         # small vocab: embeddings do not swamp tiny models
   p.train.seq_len = 64
-  p.train.global_batch_size = 32
-  p.train.log_every = 10
-  p.train.checkpoint_every = 200
+  p.train.global_batch_size = 8    # small batches: tiny budgets still get many steps
+  p.train.log_every = 20
+  p.train.checkpoint_every = 500
   p.optim.learning_rate = 3e-3
   p.optim.warmup_steps = 50       # capped at sweep.warmup_fraction of each run
   c.sweep = sweep.default_config()
   s = c.sweep
-  s.widths = (24, 32, 48, 64, 96, 128)
-  s.depths = (1, 1, 1, 2, 2, 3)
-  s.isoflops = (3e10, 1e11, 2e11)
-  s.min_steps = 5
+  s.widths = (8, 12, 16, 24, 32, 48)  # depth by the rule: round(width / 48) -> 1 layer
+  s.isoflops = (2e10, 4e10, 8e10)
+  s.eval_batches = 32             # 16k held-out tokens per run
   if preset == "tiny":
     p.data.world_size = "tiny"
     p.train.seq_len = 32

@@ -159,6 +159,16 @@ def test_sweep_experiment_end_to_end(tmp_path, data_cache):
       float(rows["D1.0e03_w32_l1"]["eval_loss"]), rel=1e-6)
   assert again["D1.0e03_w32_l0"]["status"] == "failed"
 
+  # Fit mode (after a pod sweep): a finished run without result.json is collected from its
+  # workdir (checkpoint at its planned step), nothing is trained.
+  os.remove(os.path.join(work, "runs", "D1.0e03_w16_l1", "result.json"))
+  launcher.run("sweep", "configs/sweep.py:tiny", work, *args, "--config.sweep.mode=fit")
+  collected = _rows(work)["D1.0e03_w16_l1"]
+  assert collected["status"] == "ok" and open(metrics16).read() == before
+  assert float(collected["eval_loss"]) == pytest.approx(float(rows["D1.0e03_w16_l1"]["eval_loss"]),
+                                                        rel=1e-6)
+  assert _rows(work)["D1.0e03_w32_l0"]["status"] == "pending"   # never finished
+
   # Pod mode on a fresh workdir: one launch command per run, nothing trained.
   pod = str(tmp_path / "pod")
   proc = launcher.run("sweep", "configs/sweep.py:tiny", pod, *args, "--config.sweep.mode=pod")

@@ -3,8 +3,8 @@
 Which N each fit uses follows its paper: Kaplan's laws use non-embedding
 parameters; the Chinchilla approaches use all parameters. Final points use the
 `fit_loss` column (held-out eval loss by default); the training curves of
-approach 1 and Kaplan's L(D), L(C) are the logged train losses (a rolling mean
-of 3 logs), each point at D_t = step * tokens per step.
+approach 1 and Kaplan's L(D), L(C) are the logged train losses (a centred moving
+average of 5 logs), each point at D_t = step * tokens per step.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import numpy as np
 
 from llmrl.scaling import chinchilla, laws, sweep
 
+SMOOTH = 5  # logged train losses averaged (centred) in the curves of approach 1 and L(D), L(C)
+
 
 def _curves(rows: list[dict], workdir: str) -> list[dict]:
   out = []
@@ -23,8 +25,9 @@ def _curves(rows: list[dict], workdir: str) -> list[dict]:
     c = sweep.read_curve(os.path.join(workdir, "runs", r["name"]))
     if len(c["loss"]) < 2:
       continue
-    loss = np.convolve(c["loss"], np.ones(3) / 3, mode="valid") if len(c["loss"]) >= 3 else c["loss"]
-    step = c["step"][len(c["step"]) - len(loss):]
+    k = min(SMOOTH, len(c["loss"]) - (1 - len(c["loss"]) % 2))  # odd, <= length
+    loss = np.convolve(c["loss"], np.ones(k) / k, mode="valid")  # centred moving average
+    step = c["step"][k // 2:len(c["step"]) - k // 2]
     per_step = r["tokens"] / r["steps"]
     out.append({"name": r["name"], "n_params": float(r["n_total"]),
                 "n_non_embedding": float(r["n_non_embedding"]), "tokens": step * per_step,

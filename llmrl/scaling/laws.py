@@ -107,12 +107,14 @@ def lower_envelope(curves, x_key: str, num: int = 200) -> dict:
   `curves` is a list of dicts with "n_params" (a number) and 1-D arrays
   "tokens", "compute" and "loss" (one entry per logged step); `x_key` is
   "compute" or "tokens". At each x, every curve that spans x is interpolated
-  (linearly in log x) and the lowest wins. Returns arrays "x", "loss",
+  (linearly in log x) and the lowest wins. The range starts where every curve
+  has begun (the latest first point), so small models are not the optimum
+  merely because larger ones have not logged yet. Returns arrays "x", "loss",
   "n_params" (the winner's N) and "index" (the winner's position in `curves`).
   """
   if not curves:
     raise ValueError("lower_envelope: no training curves given; run the sweep first.")
-  lo = min(float(np.min(c[x_key])) for c in curves)
+  lo = max(float(np.min(c[x_key])) for c in curves)
   hi = max(float(np.max(c[x_key])) for c in curves)
   if not (lo > 0 and hi > lo):
     raise ValueError(f"lower_envelope: {x_key} must be > 0 and span a range; got [{lo}, {hi}].")
