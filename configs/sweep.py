@@ -6,7 +6,8 @@ N = all params), each over 6 one-layer shapes of width 8-48 (5.5k-56k params):
 18 runs, 21.5k steps of 8 x 64 tokens (11M tokens in all) on the `medium`
 world (9M tokens; the longest run reads 2.4M, so no run repeats data), vocab 512):
   python -m experiments.sweep --config=configs/sweep.py --workdir=runs/sweep
-Runtime ~10 min on an idle 2-core CPU (see BUILD_NOTES.md for the measured figure).
+Runtime: measured 14m52s (13m48s of runs, 30-59 s each, + 54 s of fits) on the
+2-core CPU shared with other jobs (load average 6-12); less on an idle machine.
 Writes WORKDIR/results.csv|json (one row per run: N, D, C, losses, wall time),
 fits.json, summary.md, loss_vs_compute.png, isoflop.png, optimal.png; each run
 is an ordinary pretraining workdir WORKDIR/runs/<name>. Expected: each IsoFLOP
