@@ -182,7 +182,7 @@ def test_unsupported_model_type(tmp_path):
     json.dumps({"model_type": "bart", "architectures": ["BartForConditionalGeneration"]})
   )
   with pytest.raises(
-    ValueError, match=r"'bart'.*BartForConditionalGeneration.*supported model_types: bert, gpt2, llama, t5"
+    ValueError, match=r"'bart'.*BartForConditionalGeneration.*supported model_types: bert, gpt2, llama, mixtral, t5"
   ) as e:
     hf.load(tmp_path)
   assert str(tmp_path) in str(e.value)
