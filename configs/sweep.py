@@ -19,8 +19,9 @@ pod (print and write WORKDIR/commands.sh: one experiments.pretrain command per
 run; --config.sweep.multi_host=True adds --coordinator_address/--num_processes/
 --process_id placeholders), fit (collect the finished runs, fit and plot).
 
-Presets: `tiny` (~1-2 min): a 2-width grid plus one 3-size IsoFLOP profile of
-a few steps each on the tiny world (a smoke test, not a scaling law).
+Presets: `tiny`: one IsoFLOP profile (C = 2e8) of 3 one-layer sizes, 2-11 steps
+each, on the tiny world (a smoke test, not a scaling law): ~1 min idle, ~2 min
+on a busy 2-core CPU.
 Per-run settings live in config.pretrain (configs/pretrain.py's fields), e.g.
 --config.pretrain.optim.learning_rate=1e-3; the plan in config.sweep, e.g.
 --config.sweep.isoflops='(1e11,)' --config.sweep.widths='(32,64)'.
@@ -59,7 +60,6 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     p.train.checkpoint_every = 4
     s.widths = (16, 32, 48)
     s.depths = (1, 1, 1)
-    s.tokens = (2048,)
     s.isoflops = (2e8,)
     s.min_steps = 2
     s.eval_batches = 2
