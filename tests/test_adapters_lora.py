@@ -156,14 +156,13 @@ def test_other_families_merge_equals_unmerged(family):
   if family == "bert":
     model = Bert(BertConfig(vocab_size=37, max_len=16, num_layers=2, d_model=32, num_heads=4,
                             d_ff=48))
-    args = (ids,)
+    args, targets = (ids,), ("attn/*", "mlp/*")
   else:
     model = T5(T5Config(vocab_size=37, num_layers=2, d_model=32, num_heads=4, d_ff=48,
                         max_len=16))
-    args = (ids, ids[:, :5])
+    args, targets = (ids, ids[:, :5]), ("attn/*", "cross_attn/*", "mlp/*")
   params = nn.meta.unbox(model.init({"params": jax.random.PRNGKey(0)}, *args))["params"]
-  lora = lora_lib.LoRA.for_model(model, *args, rank=2, alpha=4,
-                                 targets=("attn/*", "cross_attn/*", "mlp/*"))
+  lora = lora_lib.LoRA.for_model(model, *args, rank=2, alpha=4, targets=targets)
   if family == "t5":  # encoder, decoder self- and cross-attention all picked by the patterns
     assert "decoder/layers_1/cross_attn/query" in lora.paths
     assert "encoder/layers_0/mlp/wo" in lora.paths
