@@ -1,7 +1,8 @@
 """Model zoo: pure linen modules.
 
 Decoder-only transformers live in `gpt`, the BERT encoder in `bert`, the T5
-encoder-decoder in `t5`; shared blocks in `layers` and `attention`.
+encoder-decoder in `t5`; shared blocks in `layers` and `attention`; routed
+experts (any family's `moe=MoEConfig(...)`) in `moe`.
 """
 
 from llmrl.models.accounting import (
@@ -13,6 +14,7 @@ from llmrl.models.accounting import (
 )
 from llmrl.models.bert import Bert, BertConfig
 from llmrl.models.gpt import GPT, GPTConfig, init_cache
+from llmrl.models.moe import MoE, MoEConfig
 from llmrl.models.t5 import T5, T5Config
 
 __all__ = [
@@ -23,6 +25,8 @@ __all__ = [
   "BertConfig",
   "T5",
   "T5Config",
+  "MoE",
+  "MoEConfig",
   "count_params",
   "count_params_from_config",
   "flops_per_token",
