@@ -334,3 +334,17 @@ def test_expert_parallel_loss_and_grads_match_one_device():
   assert float(sums["moe/dropped_fraction"]) > 0  # capacity 1.0 drops some assignments
   for a, b in zip(jax.tree.leaves(grads_s), jax.tree.leaves(grads)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_router_jitter_only_in_training():
+  x = jax.random.normal(jax.random.key(11), (2, 16, D))
+  plain = MoE(MoEConfig(num_experts=E, experts_per_token=1, dropless=True), d_ff=F)
+  jitter = MoE(MoEConfig(num_experts=E, experts_per_token=1, dropless=True, router_jitter=0.5),
+               d_ff=F)  # fmt: skip
+  params = random_params(plain, x, seed=12)
+  run = jax.jit(lambda layer, det: layer.apply({"params": params}, x, deterministic=det,
+                                               rngs={"dropout": jax.random.key(0)}),
+                static_argnums=(0, 1))  # fmt: skip
+  np.testing.assert_array_equal(run(jitter, True), run(plain, True))
+  # Jitter scales the router input: gates (softmax probabilities) change in training.
+  assert float(jnp.abs(run(jitter, False) - run(plain, False)).max()) > 1e-3
