@@ -171,3 +171,24 @@ def test_other_families_merge_equals_unmerged(family):
   merged = model.apply({"params": lora.merge(params, ad)}, *args)
   assert float(jnp.abs(unmerged - model.apply({"params": params}, *args)).max()) > 1e-2
   np.testing.assert_allclose(unmerged, merged, atol=2e-5, rtol=1e-5)
+
+
+def test_lora_decoding_matches_merged_weights():
+  from llmrl import decoding
+  model, params = _model()
+  lora = lora_lib.LoRA.for_model(model, X, rank=R, alpha=8, targets=("attn/*", "mlp/*"))
+  ad = _random_adapters(lora)
+  prompts = [[5, 6, 7, 8], [30, 31]]
+  kw = dict(max_new_tokens=5, eos_id=None, pad_id=0)
+  for method, beams in (("greedy", 1), ("beam", 2)):
+    got = decoding.generate(lora_lib.decoder(model, lora), {"base": params, "lora": ad},
+                            prompts, method=method, num_beams=beams, **kw)
+    want = decoding.generate(model, lora.merge(params, ad), prompts, method=method,
+                             num_beams=beams, **kw)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)
+    if method == "greedy":
+      greedy = got
+  plain = decoding.generate(model, params, prompts, method="greedy", **kw)  # adapters off
+  assert not np.array_equal(plain.tokens, greedy.tokens) or \
+      float(np.abs(np.asarray(plain.logprobs) - np.asarray(greedy.logprobs)).max()) > 1e-3

@@ -89,7 +89,14 @@ def test_rlhf_lora_shares_a_frozen_base_and_trains_adapters():
   _, m2 = scorer(state.params, None, rm_plain, ids, mask, tokens, lengths, jnp.float32(0.1),
                  jnp.float32(0.0))
   assert float(m2["ppo/kl_k3"]) > 0.0
-  # Sampling uses the merged policy: same logits as the adapters applied on the fly.
-  merged = setup.policy_params(state.params)
-  np.testing.assert_allclose(policy.apply({"params": merged}, seq, pos, seg),
-                             setup.forward.policy(state.params, seq, pos, seg), atol=2e-5)
+  # Sampling runs the adapters on the fly over the shared base: the same tokens as the
+  # merged policy (computed here independently with LoRA.merge).
+  from llmrl import decoding
+  kw = dict(max_new_tokens=4, method="greedy", eos_id=None, pad_id=0)
+  got = decoding.generate(setup.sampler, setup.policy_params(state.params), ids[1:], **kw)
+  pl = lora_lib.LoRA.from_config(policy, _config().lora, x)
+  want = decoding.generate(policy, pl.merge(state.params["base"], state.params["policy"]["lora"]),
+                           ids[1:], **kw)
+  np.testing.assert_array_equal(got.tokens, want.tokens)
+  np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)
+

@@ -284,3 +284,38 @@ def load_adapter(directory: str) -> tuple[LoRA, dict]:
                 for p in meta["paths"])
   lora = LoRA(specs, int(meta["rank"]), float(meta["alpha"]), float(meta["dropout"]))
   return lora, _nest({k: jnp.asarray(v) for k, v in load_file(path).items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRADecoder:
+  """A DecodeAdapter running a cached decoder with adapters applied on the fly.
+
+  params = {"base": base params, "lora": adapters}: sampling from a LoRA
+  policy without materialising merged weights (one base in memory).
+  """
+  inner: Any  # llmrl.decoding.adapters.CachedDecoder
+  lora: LoRA
+
+  @property
+  def vocab_size(self) -> int:
+    return self.inner.vocab_size
+
+  def check_lengths(self, prompt_len: int, max_new_tokens: int) -> None:
+    self.inner.check_lengths(prompt_len, max_new_tokens)
+
+  def prefill(self, params, ids, mask, max_new_tokens: int):
+    with nn.intercept_methods(self.lora.interceptor(params["lora"])):
+      return self.inner.prefill(params["base"], ids, mask, max_new_tokens)
+
+  def step(self, params, state, tokens):
+    with nn.intercept_methods(self.lora.interceptor(params["lora"])):
+      return self.inner.step(params["base"], state, tokens)
+
+  def select_beams(self, state, parents):
+    return self.inner.select_beams(state, parents)
+
+
+def decoder(model, lora: LoRA) -> LoRADecoder:
+  """`LoRADecoder` for an llmrl GPT: decoding.generate(decoder(model, lora), {"base", "lora"}, ...)."""
+  from llmrl.decoding.adapters import CachedDecoder
+  return LoRADecoder(CachedDecoder(model), lora)

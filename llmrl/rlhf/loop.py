@@ -69,7 +69,8 @@ class LoRASetup(NamedTuple):
   init_params: Callable     # rng -> {"base", "policy": {"lora"}, "critic": {"lora", "head"}}
   initial: Callable         # () -> the same tree from the SFT base and reward model
   mask: Any                 # trainable: everything but "base"
-  policy_params: Callable   # params -> merged policy params (for sampling)
+  sampler: Any             # DecodeAdapter sampling the policy (adapters on the fly)
+  policy_params: Callable   # params -> the sampler's params {"base", "lora"} (no merged copy)
 
 
 def lora_setup(config, sft, rm, policy: GPT, critic: ScalarHeadModel, length: int) -> LoRASetup:
@@ -102,9 +103,9 @@ def lora_setup(config, sft, rm, policy: GPT, critic: ScalarHeadModel, length: in
 
   shapes = nn.meta.unbox(jax.eval_shape(init_params, jax.random.PRNGKey(0)))
   mask = {k: jax.tree.map(lambda _, k=k: k != "base", v) for k, v in shapes.items()}
-  merge = jax.jit(lambda p: policy_lora.merge(p["base"], p["policy"]["lora"]))
   return LoRASetup(ppo.lora_forward(policy, critic, policy_lora, critic_lora), init_params,
-                   initial, mask, merge)
+                   initial, mask, lora_lib.decoder(policy, policy_lora),
+                   lambda p: {"base": p["base"], "lora": p["policy"]["lora"]})
 
 
 def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> dict:
@@ -136,6 +137,7 @@ def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> 
     lora = lora_setup(config, sft, rm, policy, critic, plen + pc.max_new_tokens)
     init_params, initial, mask = lora.init_params, lora.initial, lora.mask
     forward, policy_params, ref_params = lora.forward, lora.policy_params, None
+    sampler = lora.sampler
   else:
     def init_params(rng):
       x = jnp.zeros((1, plen + pc.max_new_tokens), jnp.int32)
@@ -143,7 +145,7 @@ def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> 
               "critic": critic.init({"params": rng}, x)["params"]}
 
     initial = lambda: {"policy": copy(sft_params), "critic": copy(rm_params)}  # noqa: E731
-    mask, forward, policy_params = None, None, lambda p: p["policy"]
+    mask, forward, policy_params, sampler = None, None, lambda p: p["policy"], policy
     ref_params = copy(sft_params)  # own copy: the train step donates the state
   tx, schedule = make_optimizer(config.optim, updates, mask=mask)
 
@@ -159,7 +161,7 @@ def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> 
   base_rng = jax.random.PRNGKey(config.seed + 1)
 
   def rollout(params, batch, it, beta, shift):
-    out = decoding.generate(policy, policy_params(params), batch["ids"],
+    out = decoding.generate(sampler, policy_params(params), batch["ids"],
                             max_new_tokens=pc.max_new_tokens, method="sample",
                             temperature=pc.temperature, eos_id=tok.end_id, pad_id=tok.pad_id,
                             rng=jax.random.fold_in(base_rng, it), pad_to_multiple=plen)
