@@ -69,3 +69,11 @@ def engine_config(steps=4, batch=8, **mesh_sizes) -> ml_collections.ConfigDict:
   for k, v in mesh_sizes.items():
     c.mesh[k] = v
   return c
+
+
+def generated_rows(out, pad_id: int) -> list[list[int]]:
+  """A GenerateOutput's rows cut at their lengths; checks pad_id fills the rest."""
+  tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+  for row, n in zip(tokens, lengths):
+    assert (row[n:] == pad_id).all()  # pad_id after EOS
+  return [row[:n].tolist() for row, n in zip(tokens, lengths)]

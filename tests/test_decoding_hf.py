@@ -12,6 +12,7 @@ import pytest
 
 from llmrl import decoding
 from llmrl.interop import hf
+from tests.helpers import generated_rows
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -79,13 +80,6 @@ def _hf_generate(model, eos, **kw):
   return rows, scores
 
 
-def _ours(out):
-  tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
-  for row, n in zip(tokens, lengths):
-    assert (row[n:] == PAD).all()  # pad_id after EOS
-  return [row[:n].tolist() for row, n in zip(tokens, lengths)]
-
-
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
 def setup(request, tmp_path_factory):
   """(HF model, llmrl model, params, eos id that some greedy row emits early)."""
@@ -117,7 +111,7 @@ def test_greedy_matches_transformers(setup, min_new):
   out = decoding.generate(
     model, params, PROMPTS, max_new_tokens=NEW, min_new_tokens=min_new, eos_id=eos, pad_id=PAD
   )
-  got = _ours(out)
+  got = generated_rows(out, PAD)
   assert got == want
   assert any(len(r) < NEW for r in got) or min_new  # EOS really ended a row
   assert all(len(r) > min_new for r in got)
@@ -151,7 +145,7 @@ def test_beam_matches_transformers(setup, early_stopping, length_penalty, nrs, m
     pad_id=PAD,
     **kw,
   )
-  got = _ours(out)
+  got = generated_rows(out, PAD)
   assert got == want
   np.testing.assert_allclose(np.asarray(out.scores), want_scores, atol=1e-4, rtol=0)
   # The score is the length-penalised sum of the returned per-token log-probs.

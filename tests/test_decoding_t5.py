@@ -13,6 +13,7 @@ import pytest
 
 from llmrl import decoding
 from llmrl.interop import hf
+from tests.helpers import generated_rows
 from llmrl.models.t5 import T5
 
 torch = pytest.importorskip("torch")
@@ -58,13 +59,6 @@ def _hf_generate(model, eos, **kw):
   return rows, scores
 
 
-def _ours(out):
-  tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
-  for row, n in zip(tokens, lengths):
-    assert (row[n:] == PAD).all()
-  return [row[:n].tolist() for row, n in zip(tokens, lengths)]
-
-
 @pytest.fixture(scope="module", params=["relu", "gated-gelu"])
 def setup(request, tmp_path_factory):
   """(HF model, llmrl T5, params, an eos id that some greedy row emits early)."""
@@ -83,7 +77,7 @@ def test_t5_greedy_matches_transformers(setup):
   ref, model, params, eos = setup
   want, _ = _hf_generate(ref, eos)
   out = decoding.generate(model, params, PROMPTS, max_new_tokens=NEW, eos_id=eos, pad_id=PAD)
-  got = _ours(out)
+  got = generated_rows(out, PAD)
   assert got == want
   assert any(len(r) < NEW for r in got)  # EOS really ended a row
 
@@ -95,7 +89,7 @@ def test_t5_beam_matches_transformers(setup):
   out = decoding.generate(model, params, PROMPTS, max_new_tokens=NEW, method="beam",
                           num_beams=4, num_return_sequences=2, early_stopping=True,
                           eos_id=eos, pad_id=PAD)
-  assert _ours(out) == want
+  assert generated_rows(out, PAD) == want
   # Sums of up to NEW float32 log-probs of large random logits (torch vs XLA kernels).
   np.testing.assert_allclose(np.asarray(out.scores), want_scores, atol=5e-4, rtol=0)
 
