@@ -46,6 +46,27 @@ def test_plan_follows_the_shape_rule_and_isoflop_budget():
     assert r.tokens == r.steps * per_step
 
 
+def test_moe_sweeps_count_active_parameters():
+  """For MoE shapes N (and so D = C / 6N) is the active count; every parameter is kept too."""
+  c = _config(widths=(32,), depths=(2,), head_dim=16, tokens=(), isoflops=(1e9,))
+  c.pretrain.model.moe.update(num_experts=4, experts_per_token=1, every=1)
+  (r,) = sweep.plan(c, vocab_size=512)
+  m = c.pretrain.model
+  m.d_model, m.num_layers, m.num_heads, m.d_ff = r.width, r.depth, r.heads, r.d_ff
+  model = GPT(make_gpt_config(m, 512, c.pretrain.train.seq_len))
+  shapes = jax.eval_shape(lambda k: model.init(k, np.zeros((1, 4), np.int32)),
+                          jax.random.PRNGKey(0))
+  params = shapes["params"]
+  stored = count_params(params)
+  assert r.n_stored == stored
+  # Each block's experts (everything under moe/ but the router): 3 of 4 are inactive.
+  experts = sum(count_params({k: v for k, v in params[f"layers_{i}"]["moe"].items()
+                              if k != "router"}) for i in range(2))
+  assert r.n_total == stored - experts * 3 // 4
+  per_step = c.pretrain.train.global_batch_size * c.pretrain.train.seq_len
+  assert abs(r.tokens - 1e9 / (6 * r.n_total)) <= per_step / 2
+
+
 def test_each_run_decays_its_cosine_over_its_own_steps():
   c = _config(widths=(16, 48), depths=(1, 1), tokens=(), isoflops=(2e8,))
   for r in sweep.plan(c, vocab_size=512):

@@ -41,7 +41,7 @@ MODES = ("local", "pod", "fit")
 FIT_LOSSES = ("eval", "smoothed", "final")
 COLUMNS = ("name", "kind", "budget", "status", "width", "depth", "heads", "d_ff", "steps",
            "tokens", "n_total", "n_non_embedding", "c_6nd", "c_6nd_non_embedding",
-           "c_attention", "final_loss", "smoothed_loss", "eval_loss", "wall_s", "error")
+           "c_attention", "final_loss", "smoothed_loss", "eval_loss", "wall_s", "error", "n_stored")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -102,6 +102,7 @@ class Run:
   n_total: int
   n_non_embedding: int
   flops_per_token: float  # training FLOPs per token with the attention term
+  n_stored: int = 0  # every parameter held, inactive experts included (= n_total when dense)
 
   def overrides(self, warmup: int) -> dict:
     """Dotted config keys this run sets on top of config.pretrain."""
@@ -117,8 +118,13 @@ def shape(c: ml_collections.ConfigDict, i: int) -> tuple[int, int, int, int]:
   return w, depth, max(1, w // c.head_dim), c.ff_ratio * w
 
 
-def _counts(pretrain, width, depth, heads, d_ff, vocab_size) -> tuple[int, int, float]:
-  """(total params, non-embedding params, training FLOPs per token) of a shape."""
+def _counts(pretrain, width, depth, heads, d_ff, vocab_size) -> tuple[int, int, float, int]:
+  """(params, non-embedding params, training FLOPs per token, stored params) of a shape.
+
+  N counts the parameters a token uses: for a mixture-of-experts model
+  (config.pretrain.model.moe) the active ones, so C = 6 N D stays the compute;
+  for a dense model active = stored.
+  """
   from llmrl.models.accounting import count_params_from_config, flops_per_token
   from llmrl.tasks.lm import make_gpt_config
   m = copy.deepcopy(pretrain.model)
@@ -128,8 +134,8 @@ def _counts(pretrain, width, depth, heads, d_ff, vocab_size) -> tuple[int, int, 
     n = count_params_from_config(cfg)
     fpt = flops_per_token(cfg, pretrain.train.seq_len)
   except (ZeroDivisionError, ValueError):  # an impossible shape: the run will report it
-    return 0, 0, 0.0
-  return n["total"], n["non_embedding"], fpt
+    return 0, 0, 0.0, 0
+  return n["active"], n["active_non_embedding"], fpt, n["total"]
 
 
 def plan(config: ml_collections.ConfigDict, vocab_size: int) -> list[Run]:
@@ -141,7 +147,7 @@ def plan(config: ml_collections.ConfigDict, vocab_size: int) -> list[Run]:
 
   def add(kind, budget, i, tokens, label):
     w, depth, heads, d_ff = shape(c, i)
-    n_total, n_non, fpt = _counts(p, w, depth, heads, d_ff, vocab_size)
+    n_total, n_non, fpt, n_stored = _counts(p, w, depth, heads, d_ff, vocab_size)
     if kind == "isoflop":
       tokens = budget / (6.0 * n_total) if n_total else 0.0
     steps = int(round(tokens / per_step))
@@ -150,7 +156,7 @@ def plan(config: ml_collections.ConfigDict, vocab_size: int) -> list[Run]:
       log.info("sweep: %s dropped: %d steps < sweep.min_steps=%d", name, steps, c.min_steps)
       return
     runs.append(Run(name, kind, float(budget), w, depth, heads, d_ff, max(steps, 1),
-                    max(steps, 1) * per_step, n_total, n_non, fpt))
+                    max(steps, 1) * per_step, n_total, n_non, fpt, n_stored))
 
   for budget in c.isoflops:
     for i in range(len(c.widths)):
