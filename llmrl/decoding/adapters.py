@@ -153,6 +153,24 @@ class CachedDecoder:
     state = dict(state, cache=variables["cache"], position=state["position"] + 1)
     return logits[:, 0].astype(jnp.float32), state
 
+  def grow(self, state, slots: int):
+    """The state with `slots` more empty cache slots (a multiple of 16) at the end.
+
+    Beam search decodes in length segments and grows the cache between them:
+    every step attends over the whole cache, so a cache sized to the current
+    segment reads fewer slots (empty slots have segment id 0: never attended).
+    """
+
+    def pad(path, x):
+      name = str(getattr(path[-1], "key", ""))
+      if name in ("cached_key", "cached_value"):  # head-major [b, kvh, len, d]
+        return jnp.pad(x, ((0, 0), (0, 0), (0, slots), (0, 0)))
+      if name == "cached_segment":  # [b, len]
+        return jnp.pad(x, ((0, 0), (0, slots)))
+      return x
+
+    return dict(state, cache=jax.tree_util.tree_map_with_path(pad, state["cache"]))
+
   def select_beams(self, state, parents):
     """Beam reordering that moves only the generated keys/values.
 

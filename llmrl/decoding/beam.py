@@ -118,6 +118,28 @@ def _update(bm: _Beams, logprobs, s: Settings, k: Knobs):
   return beams, parents
 
 
+_SEGMENT = 32  # new tokens per decoding segment (a multiple of the adapters' 16-slot chunks)
+
+
+def _slots(new_tokens: int) -> int:
+  """Cache slots an adapter allocates for new_tokens (rounded up to 16)."""
+  return -(-new_tokens // 16) * 16
+
+
+def _segment_ends(t_max: int) -> list:
+  """Where the decoding segments end (in new tokens): at most 4 equal, 16-aligned pieces.
+
+  Each step attends over the whole cache, so the cache grows between
+  segments instead of holding all max_new_tokens slots from the start; more
+  segments read less but compile one more copy of the model step each.
+  """
+  size = max(_SEGMENT, _slots(-(-t_max // 4)))
+  ends = list(range(size, t_max, size))
+  if ends and t_max - ends[-1] < size // 2:
+    ends.pop()  # a short last piece joins the previous segment
+  return ends + [t_max]
+
+
 def _logprobs(logits, t, s: Settings, k: Knobs):
   """transformers' beam scores: log_softmax first, then EOS suppression (no renormalising)."""
   return processing.suppress_eos(
@@ -128,7 +150,8 @@ def _logprobs(logits, t, s: Settings, k: Knobs):
 def beam_search(adapter, params, ids, mask, s: Settings, k: Knobs) -> GenerateOutput:
   """Beam search for left-padded prompts ids/mask [b, p]; returns the best num_return_sequences."""
   b, nb, t_max = ids.shape[0], s.num_beams, s.max_new_tokens
-  logits, state = adapter.prefill(params, ids, mask, t_max)  # prefill each prompt once
+  ends = _segment_ends(t_max) if getattr(adapter, "grow", None) else [t_max]
+  logits, state = adapter.prefill(params, ids, mask, ends[0])  # prefill each prompt once
   rows = jnp.repeat(jnp.arange(b), nb)  # [b * k]: every beam starts from its prompt
   logits, state = logits[rows], gather_rows(state, rows)
   empty = jnp.full((b, nb, t_max), s.pad_id, jnp.int32)
@@ -162,7 +185,10 @@ def beam_search(adapter, params, ids, mask, s: Settings, k: Knobs) -> GenerateOu
     state = move(bm.state, parents) if move else select_beams(bm.state, parents)
     return bm._replace(state=state)
 
-  bm = jax.lax.while_loop(cond, body, bm)
+  for i, end in enumerate(ends):
+    if i:  # room for the next segment's tokens
+      bm = bm._replace(state=adapter.grow(bm.state, _slots(end) - _slots(ends[i - 1])))
+    bm = jax.lax.while_loop(lambda bm, end=end: cond(bm) & (bm.t < end), body, bm)
   n = s.num_return_sequences
   flat = lambda x: x[:, :n].reshape((b * n,) + x.shape[2:])  # noqa: E731 - [b, n, ...] -> [b*n, ...]
   return GenerateOutput(
