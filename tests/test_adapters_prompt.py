@@ -50,11 +50,13 @@ def test_soft_prompt_decoding_matches_prefixed_prompts():
   soft = prompt.init(params["embed"]["embedding"], SOFT_IDS)
   prompts = [[5, 6, 7, 8], [30, 31]]  # different lengths: left padding
   prefix = list(SOFT_IDS) + list(HARD)
-  kw = dict(max_new_tokens=5, method="greedy", eos_id=None, pad_id=0)
-  got = decoding.generate(prompt.decoder(model), {"base": params, "soft": soft}, prompts, **kw)
-  want = decoding.generate(model, params, [prefix + p for p in prompts], **kw)
-  np.testing.assert_array_equal(got.tokens, want.tokens)
-  np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-5)
+  for method, beams in (("greedy", 1), ("beam", 2)):
+    kw = dict(max_new_tokens=5, method=method, num_beams=beams, eos_id=None, pad_id=0)
+    got = decoding.generate(prompt.decoder(model), {"base": params, "soft": soft}, prompts,
+                            **kw)
+    want = decoding.generate(model, params, [prefix + p for p in prompts], **kw)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-5)
 
 
 class _Tok:

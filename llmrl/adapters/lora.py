@@ -311,8 +311,11 @@ class LoRADecoder:
     with nn.intercept_methods(self.lora.interceptor(params["lora"])):
       return self.inner.step(params["base"], state, tokens)
 
-  def select_beams(self, state, parents):
-    return self.inner.select_beams(state, parents)
+  def __getattr__(self, name):
+    # Optional state-only hooks of the inner decoder (select_beams, grow, ...): same state.
+    if name.startswith("__"):
+      raise AttributeError(name)
+    return getattr(object.__getattribute__(self, "inner"), name)
 
 
 def decoder(model, lora: LoRA) -> LoRADecoder:

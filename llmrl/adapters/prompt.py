@@ -148,6 +148,13 @@ class SoftPromptDecoder:
   def step(self, params, state, tokens):
     return self.inner.step(params["base"], state, tokens)
 
+  def __getattr__(self, name):
+    # Optional state-only hooks of the inner decoder (select_beams, grow, ...): the prefix
+    # sits in the cache like any prompt, so they apply unchanged.
+    if name.startswith("__"):
+      raise AttributeError(name)
+    return getattr(object.__getattribute__(self, "inner"), name)
+
 
 SOFT_PROMPT_FILE = "soft_prompt.safetensors"
 
