@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from llmrl.adapters import hf_peft
+from llmrl.interop import hf
 from tests.test_interop_hf import batch, build
 
 torch = pytest.importorskip("torch")
@@ -52,7 +53,8 @@ def test_peft_adapter_logits_match(tmp_path, name):
   args = (ids.numpy(), positions.numpy(), mask.numpy())
   unmerged = np.asarray(lora.apply(params, adapters, *args, model=ours))
   np.testing.assert_allclose(unmerged * real, want * real, atol=1e-4)
-  _, merged_params = hf_peft.load(str(tmp_path / "base"), str(tmp_path / "adapter"))
+  # The documented entry point: hf.load with adapter= merges the adapter.
+  _, merged_params = hf.load(str(tmp_path / "base"), adapter=str(tmp_path / "adapter"))
   merged = np.asarray(ours.apply({"params": merged_params}, *args))
   np.testing.assert_allclose(merged * real, want * real, atol=1e-4)
   off = np.asarray(lora.apply(params, None, *args, model=ours))  # adapters off = the base

@@ -124,13 +124,15 @@ def load(path: str, *, adapter: Optional[str] = None, **config_overrides):
 
   config_overrides replace config fields after conversion (e.g.
   dtype=jnp.bfloat16, attention_impl="jax", remat="full"). Params are plain
-  (unboxed) nested dicts in `param_dtype` (float32 by default).
+  (unboxed) nested dicts in `param_dtype` (float32 by default). `adapter`: a
+  peft LoRA folder (adapter_config.json + adapter_model.safetensors) merged
+  into the returned params (llmrl.adapters.hf_peft.load keeps it separate).
   """
   path = os.fspath(path)
   if adapter is not None:
-    raise NotImplementedError(
-      "llmrl.interop.hf.load(adapter=...) (peft LoRA) is not implemented yet"
-    )
+    from llmrl.adapters import hf_peft
+
+    return hf_peft.load(path, adapter, **config_overrides)
   hf_config = _read_config(path)
   converter = _converter(path, hf_config)
   make_config = converter.make_config or GPTConfig
