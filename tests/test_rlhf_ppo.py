@@ -105,6 +105,30 @@ def test_advantages_are_whitened_over_response_tokens(setup):
   np.testing.assert_allclose(float(w[0, :3].mean()), 2.0, rtol=1e-5)  # mean kept
 
 
+def test_ptx_adds_gamma_times_the_pretraining_lm_loss(setup):
+  """PPO-ptx: loss = PPO loss + γ * mean next-token NLL of the pretraining rows."""
+  cfg, policy, critic, params, _, c = setup
+  rows = dict(score(setup)[0]._asdict())
+  rng = np.random.RandomState(1)
+  n, length = 3, 8
+  ptx = {"ptx_inputs": rng.randint(5, 40, (n, length)).astype(np.int32),
+         "ptx_targets": rng.randint(5, 40, (n, length)).astype(np.int32),
+         "ptx_positions": np.tile(np.arange(length, dtype=np.int32), (n, 1)),
+         "ptx_segment_ids": np.ones((n, length), np.int32),
+         "ptx_weights": (rng.rand(n, length) > 0.3).astype(np.float32)}
+  with_ptx = ml_collections.ConfigDict(c.to_dict())
+  with_ptx.ptx_coef = 0.5
+  base, _ = ppo.make_loss(policy, critic, c, P)(params, rows, None)
+  loss, (_, sums) = ppo.make_loss(policy, critic, with_ptx, P)(params, {**rows, **ptx}, None)
+  logits = policy.apply({"params": params["policy"]}, ptx["ptx_inputs"], ptx["ptx_positions"],
+                        ptx["ptx_segment_ids"])
+  logp = np.asarray(jax.nn.log_softmax(np.asarray(logits, np.float64), -1))
+  nll = -np.take_along_axis(logp, ptx["ptx_targets"][..., None], -1)[..., 0]
+  want = (nll * ptx["ptx_weights"]).sum() / ptx["ptx_weights"].sum()
+  np.testing.assert_allclose(float(sums["ptx_loss"]), want, rtol=1e-5)
+  np.testing.assert_allclose(float(loss), float(base) + 0.5 * want, rtol=1e-5)
+
+
 def test_bad_rlhf_config():
   from llmrl.config import ConfigError
   from llmrl.rlhf import loop
@@ -114,12 +138,20 @@ def test_bad_rlhf_config():
   c.sft_from, c.ppo.minibatches = "x", 3
   with pytest.raises(ConfigError, match="minibatches"):
     loop.validate(c)
+  c.ppo.minibatches, c.ppo.ptx_coef = 2, -1.0
+  with pytest.raises(ConfigError, match="ptx_coef=-1.0 must be >= 0"):
+    loop.validate(c)
 
 
 def test_chatgpt_smoke(tmp_path, data_cache):
   wd = str(tmp_path / "cg")
-  out = launcher.run("chatgpt", "configs/chatgpt.py:tiny", wd, f"--config.cache_dir={data_cache}")
+  ptx = "--config.rlhf.ppo.ptx_coef=0.5"  # PPO-ptx on: pretraining rows in every update
+  out = launcher.run("chatgpt", "configs/chatgpt.py:tiny", wd, f"--config.cache_dir={data_cache}",
+                     ptx)
   assert "stage 4/4: rlhf" in out.stderr
+  ppo_recs = [json.loads(line) for line in open(os.path.join(wd, "rlhf", "metrics.jsonl"))]
+  assert all(np.isfinite(r["train/ptx_loss"]) and r["train/ptx_loss"] > 0 for r in ppo_recs
+             if "train/ptx_loss" in r) and any("train/ptx_loss" in r for r in ppo_recs)
   report = json.load(open(os.path.join(wd, "report.json")))
   for stage in ("pretrain", "sft", "rlhf"):
     assert set(report[stage]) == {"true_reward", "known_accuracy", "hallucination_rate"}
@@ -129,5 +161,6 @@ def test_chatgpt_smoke(tmp_path, data_cache):
   for name in ("report.md", "losses.png", "ppo.png"):
     assert os.path.getsize(os.path.join(wd, name)) > 0
   # Re-running the same command resumes: every stage is already complete.
-  again = launcher.run("chatgpt", "configs/chatgpt.py:tiny", wd, f"--config.cache_dir={data_cache}")
+  again = launcher.run("chatgpt", "configs/chatgpt.py:tiny", wd, f"--config.cache_dir={data_cache}",
+                       ptx)
   assert "resumed" in again.stderr

@@ -23,7 +23,7 @@ from llmrl import data as data_lib
 from llmrl import decoding
 from llmrl.adapters import lora as lora_lib
 from llmrl.adapters import tuning as tuning_lib
-from llmrl.config import ConfigError, check_divides, check_enum
+from llmrl.config import ConfigError, check_divides, check_enum, check_positive
 from llmrl.models import GPT
 from llmrl.rlhf import ppo
 from llmrl.rlhf.reward import ScalarHeadModel
@@ -50,6 +50,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check_enum("ppo.kl_estimator", p.kl_estimator, ("k1", "k2", "k3"))
   check_divides("config.ppo.minibatches", p.minibatches, "config.ppo.rollout_batch",
                 p.rollout_batch, "each epoch splits the rollout into equal minibatches")
+  if p.get("ptx_coef", 0.0) < 0:
+    raise ConfigError(f"config.ppo.ptx_coef={p.ptx_coef} must be >= 0 (0 turns PPO-ptx off).")
+  if p.get("ptx_coef", 0.0) > 0:
+    check_positive("ppo.ptx_batch", p.ptx_batch)
 
 
 def prompt_arrays(tok, examples: list[dict]) -> dict:
@@ -61,6 +65,16 @@ def prompt_arrays(tok, examples: list[dict]) -> dict:
   for i, r in enumerate(rows):
     ids[i, width - len(r):], mask[i, width - len(r):] = r, 1
   return {"ids": ids, "mask": mask, "index": np.arange(len(rows), dtype=np.int32)}
+
+
+def ptx_batches(config, tok, seq_len: int):
+  """PPO-ptx's packed pretraining batches (config.data, pretrain split), or None when off."""
+  pc = config.ppo
+  if pc.get("ptx_coef", 0.0) <= 0:
+    return None
+  return data_lib.lm_batches(config.data, tok, batch_size=pc.ptx_batch, seq_len=seq_len,
+                             shard_index=jax.process_index(), shard_count=jax.process_count(),
+                             seed=config.seed, split="pretrain")
 
 
 class LoRASetup(NamedTuple):
@@ -168,8 +182,11 @@ def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> 
     return out, score_fn(params, ref_params, rm_params, batch["ids"], batch["mask"],
                          out.tokens, out.lengths, beta, shift)
 
+  ptx = ptx_batches(config, tok, plen + pc.max_new_tokens)
   if setup.data_state is not None:
     batches.set_state(setup.data_state["prompts"])
+    if ptx is not None:
+      ptx.set_state(setup.data_state["ptx"])
     beta, shift = setup.data_state["beta"], setup.data_state["score_shift"]
     writer.truncate_after(start)
     log.info("resumed RLHF from %s/checkpoints iteration %d", workdir, start)
@@ -195,7 +212,10 @@ def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> 
       for epoch in range(pc.epochs):
         order = np.asarray(jax.random.permutation(jax.random.fold_in(base_rng, it * 1000 + epoch), n))
         for part in np.split(order, pc.minibatches):
-          state, m = step_fn(state, {k: v[part] for k, v in rows.items()})
+          mb = {k: v[part] for k, v in rows.items()}
+          if ptx is not None:  # PPO-ptx: pretraining rows ride along
+            mb.update({f"ptx_{k}": v for k, v in next(ptx).items()})
+          state, m = step_fn(state, mb)
           for k, v in m.items():
             sums.setdefault(k, []).append(v)
       host = jax.device_get({**metrics, **{k: jnp.mean(jnp.stack(v)) for k, v in sums.items()}})
@@ -215,7 +235,10 @@ def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> 
       progress.report(done, host["ppo/score"], name="score")
       last = {"step": done, **host}
       if done % config.checkpoint_every == 0 or done == pc.iterations:
-        ckpt.save(done, state, {"prompts": data_state, "beta": beta, "score_shift": shift})
+        saved = {"prompts": data_state, "beta": beta, "score_shift": shift}
+        if ptx is not None:
+          saved["ptx"] = ptx.get_state()
+        ckpt.save(done, state, saved)
     writer.flush()
   finally:
     ckpt.close()

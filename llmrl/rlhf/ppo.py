@@ -11,6 +11,9 @@ One iteration:
   4. a few epochs of minibatch updates of {policy, critic} with the clipped
      surrogate and clipped value loss, through llmrl.train.step's train step;
   5. β follows the adaptive (×2 / ÷2) or proportional KL controller.
+PPO-ptx (InstructGPT): with ppo.ptx_coef = γ > 0 each minibatch also carries
+ptx_batch packed pretraining sequences (keys ptx_*), and the loss adds
+γ times their mean next-token loss under the policy.
 Dropout is off in all four models (they are built deterministic).
 
 Sequence layout: [B, P + T] = left-padded prompt (P) then response (T);
@@ -26,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from llmrl.models import GPT
+from llmrl.objectives.lm import causal_lm_loss
 from llmrl.rl import ppo_core
 from llmrl.rlhf.reward import ScalarHeadModel
 
@@ -93,6 +97,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.missing_eos_penalty = 1.0  # subtracted from the score when no <|end|> is produced
   c.whiten_rewards = False
   c.temperature = 1.0
+  c.ptx_coef = 0.0             # PPO-ptx γ: + γ * LM loss on pretraining text (0 = off)
+  c.ptx_batch = 8              # pretraining sequences per minibatch update (with ptx_coef)
   return c
 
 
@@ -192,6 +198,12 @@ def make_loss(policy: GPT, critic: ScalarHeadModel, c: ml_collections.ConfigDict
     sums = {"policy_loss": pg, "value_loss": vf, "entropy": ent,
             "clip_frac": stats["clip_frac"], "ratio": stats["ratio_mean"],
             "approx_kl": stats["approx_kl"]}
+    if c.get("ptx_coef", 0.0) > 0:
+      ptx_logits = fwd.policy(params, mb["ptx_inputs"], mb["ptx_positions"],
+                              mb["ptx_segment_ids"])  # [b_ptx, L, vocab]
+      ptx_sum, (ptx_weight, _) = causal_lm_loss(ptx_logits, mb["ptx_targets"], mb["ptx_weights"])
+      sums["ptx_loss"] = ptx_sum / jnp.maximum(ptx_weight, 1.0)
+      loss = loss + c.ptx_coef * sums["ptx_loss"]
     return loss, (jnp.float32(1.0), sums)
 
   return loss_fn
