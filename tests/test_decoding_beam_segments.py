@@ -1,11 +1,8 @@
-"""Long beam search against transformers: the cache grows in segments, two steps per iteration.
+"""Long beam search (70 new tokens) against transformers.
 
-With 70 new tokens, `llmrl.decoding` beam search runs three length segments
-(the KV cache grows between them) and takes two steps per loop iteration
-(beam reordering ping-pongs between two buffers). Sequences and scores must
-still equal transformers' `generate` on a tiny random GPT-2, both when every
-beam runs to max_new_tokens (the last iteration's second step is dropped)
-and when EOS ends the search inside a segment.
+Sequences and scores must equal transformers' `generate` on a tiny random
+GPT-2 both when every beam runs to max_new_tokens and when EOS ends the
+search mid-way (cache reordering over many generated-slot chunks).
 """
 
 import numpy as np

@@ -54,15 +54,6 @@ class DecodeAdapter(Protocol):
 _CHUNK = 16  # cache slots per step of the in-place beam reordering loop
 
 
-_KV = ("cached_key", "cached_value")
-
-
-def _kv_leaves(cache):
-  """(path, array) of the cached keys and values in a GPT cache tree."""
-  leaves = jax.tree_util.tree_flatten_with_path(cache)[0]
-  return [(p, x) for p, x in leaves if str(getattr(p[-1], "key", "")) in _KV]
-
-
 def gather_rows(tree, rows):
   """tree leaves [b, ...] -> [len(rows), ...] (rows in range); scalar leaves are kept."""
   take = lambda x: x if jnp.ndim(x) == 0 else jnp.take(x, rows, axis=0, mode="clip")  # noqa: E731
@@ -162,68 +153,35 @@ class CachedDecoder:
     state = dict(state, cache=variables["cache"], position=state["position"] + 1)
     return logits[:, 0].astype(jnp.float32), state
 
-  def start_beams(self, state):
-    """The state for beam search: a spare copy of the cached keys/values (see select_beams)."""
-    return dict(state, spare=[x for _, x in _kv_leaves(state["cache"])])
-
-  def grow(self, state, slots: int):
-    """The state with `slots` more empty cache slots (a multiple of 16) at the end.
-
-    Beam search decodes in length segments and grows the cache between them:
-    every step attends over the whole cache, so a cache sized to the current
-    segment reads fewer slots (empty slots have segment id 0: never attended).
-    """
-
-    def pad(path, x):
-      name = str(getattr(path[-1], "key", ""))
-      if name in _KV:  # head-major [b, kvh, len, d]
-        return jnp.pad(x, ((0, 0), (0, 0), (0, slots), (0, 0)))
-      if name == "cached_segment":  # [b, len]
-        return jnp.pad(x, ((0, 0), (0, slots)))
-      return x
-
-    state = dict(state, cache=jax.tree_util.tree_map_with_path(pad, state["cache"]))
-    if "spare" in state:
-      state["spare"] = [jnp.pad(x, ((0, 0), (0, 0), (0, slots), (0, 0))) for x in state["spare"]]
-    return state
-
   def select_beams(self, state, parents):
     """Beam reordering that moves only the generated keys/values.
 
     Beams of one prompt share its cache slots, positions and segment ids, so
     only cached_key/cached_value slots in [prompt_len, written) differ; they
-    are reordered chunk by chunk. With a spare buffer (start_beams) the
-    chunks are read from the cache and written into the spare, which becomes
-    the cache (and the cache the spare): reordering in place would make XLA
-    copy every chunk first, and on a CPU this copy is most of the cost.
-    Both buffers hold the same prompt slots, which never move.
+    are reordered chunk by chunk, in place: about half the bytes of
+    reordering the whole cache, which dominates beam search on a CPU.
     """
     leaves, tree = jax.tree_util.tree_flatten_with_path(state["cache"])
     names = [str(getattr(path[-1], "key", "")) for path, _ in leaves]
-    kv = [i for i, n in enumerate(names) if n in _KV]
+    kv = [i for i, n in enumerate(names) if n in ("cached_key", "cached_value")]
     written = next(x for n, (_, x) in zip(names, leaves) if n == "cache_index")
     start = state["prompt_len"]
-    sources = [leaves[i][1] for i in kv]
-    targets = state.get("spare", sources)
 
     def chunk(j, arrays):  # arrays: head-major [b * k, kvh, cache_len, d]
       at = start + j * _CHUNK
       return [
         jax.lax.dynamic_update_slice_in_dim(
-          y, _select(jax.lax.dynamic_slice_in_dim(x, at, _CHUNK, 2), parents), at, 2
+          x, _select(jax.lax.dynamic_slice_in_dim(x, at, _CHUNK, 2), parents), at, 2
         )
-        for x, y in zip(sources, arrays)
+        for x in arrays
       ]
 
     n_chunks = (written - start + _CHUNK - 1) // _CHUNK
-    moved = jax.lax.fori_loop(0, n_chunks, chunk, list(targets))
+    moved = jax.lax.fori_loop(0, n_chunks, chunk, [leaves[i][1] for i in kv])
     values = [x for _, x in leaves]
     for i, x in zip(kv, moved):
       values[i] = x
-    state = dict(state, cache=jax.tree_util.tree_unflatten(tree, values))
-    if "spare" in state:
-      state["spare"] = sources
-    return state
+    return dict(state, cache=jax.tree_util.tree_unflatten(tree, values))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -118,28 +118,6 @@ def _update(bm: _Beams, logprobs, s: Settings, k: Knobs):
   return beams, parents
 
 
-_SEGMENT = 32  # new tokens per decoding segment (a multiple of the adapters' 16-slot chunks)
-
-
-def _slots(new_tokens: int) -> int:
-  """Cache slots an adapter allocates for new_tokens (rounded up to 16)."""
-  return -(-new_tokens // 16) * 16
-
-
-def _segment_ends(t_max: int) -> list:
-  """Where the decoding segments end (in new tokens): at most 4 equal, 16-aligned pieces.
-
-  Each step attends over the whole cache, so the cache grows between
-  segments instead of holding all max_new_tokens slots from the start; more
-  segments read less but compile one more copy of the model step each.
-  """
-  size = max(_SEGMENT, _slots(-(-t_max // 4)))
-  ends = list(range(size, t_max, size))
-  if ends and t_max - ends[-1] < size // 2:
-    ends.pop()  # a short last piece joins the previous segment
-  return ends + [t_max]
-
-
 def _logprobs(logits, t, s: Settings, k: Knobs):
   """transformers' beam scores: log_softmax first, then EOS suppression (no renormalising)."""
   return processing.suppress_eos(
@@ -147,28 +125,12 @@ def _logprobs(logits, t, s: Settings, k: Knobs):
   )
 
 
-def _capacities(ends: list, t_max: int) -> list:
-  """New-token cache slots each segment needs: tokens fed up to t = end - 1 (all of t_max last)."""
-  return [_slots(t_max if i == len(ends) - 1 else end - 1) for i, end in enumerate(ends)]
-
-
 def beam_search(adapter, params, ids, mask, s: Settings, k: Knobs) -> GenerateOutput:
   """Beam search for left-padded prompts ids/mask [b, p]; returns the best num_return_sequences."""
   b, nb, t_max = ids.shape[0], s.num_beams, s.max_new_tokens
-  # Two steps per loop iteration when the adapter reorders beams between two
-  # buffers (start_beams): the buffers swap twice and end where they started.
-  paired = getattr(adapter, "start_beams", None) is not None
-  ends = [t_max]
-  if getattr(adapter, "grow", None):
-    ends = _segment_ends(t_max)
-    if paired:  # odd ends: every segment but the last runs a whole number of pairs from t = 1
-      ends = sorted({min(end + 1, t_max) for end in ends[:-1]} | {t_max})
-  slots = _capacities(ends, t_max)
-  logits, state = adapter.prefill(params, ids, mask, slots[0])  # prefill each prompt once
+  logits, state = adapter.prefill(params, ids, mask, t_max)  # prefill each prompt once
   rows = jnp.repeat(jnp.arange(b), nb)  # [b * k]: every beam starts from its prompt
   logits, state = logits[rows], gather_rows(state, rows)
-  if paired:
-    state = adapter.start_beams(state)
   empty = jnp.full((b, nb, t_max), s.pad_id, jnp.int32)
   zeros = jnp.zeros((b, nb, t_max), jnp.float32)
   bm = _Beams(
@@ -189,32 +151,18 @@ def beam_search(adapter, params, ids, mask, s: Settings, k: Knobs) -> GenerateOu
   )
   # Step 0: all beams share the prompt's cache, so no reordering is needed.
   bm, _ = _update(bm, _logprobs(logits, bm.t, s, k), s, k)
-  move = getattr(adapter, "select_beams", None) or select_beams
 
-  def step(bm: _Beams):
+  def cond(bm: _Beams):
+    return bm.alive & (bm.t < t_max)
+
+  def body(bm: _Beams):
     logits, state = adapter.step(params, bm.state, bm.last)
     bm, parents = _update(bm._replace(state=state), _logprobs(logits, bm.t, s, k), s, k)
-    return bm._replace(state=move(bm.state, parents))
+    move = getattr(adapter, "select_beams", None)
+    state = move(bm.state, parents) if move else select_beams(bm.state, parents)
+    return bm._replace(state=state)
 
-  for i, end in enumerate(ends):
-    if i:  # room for the next segment's tokens
-      bm = bm._replace(state=adapter.grow(bm.state, slots[i] - slots[i - 1]))
-
-    def cond(bm: _Beams, end=end):
-      return bm.alive & (bm.t < end)
-
-    def pair(bm: _Beams, end=end):
-      bm = step(bm)
-      # The second step only counts if the loop would have run it; otherwise
-      # (stopped, or past the last segment's end) its beams are dropped. Its
-      # state is kept (buffers back in place): nothing reads it after a stop.
-      new, go = step(bm), cond(bm, end)
-      keep = lambda a, b: jnp.where(go, a, b)  # noqa: E731
-      return jax.tree.map(keep, new._replace(state=None), bm._replace(state=None))._replace(
-        state=new.state
-      )
-
-    bm = jax.lax.while_loop(cond, pair if paired else step, bm)
+  bm = jax.lax.while_loop(cond, body, bm)
   n = s.num_return_sequences
   flat = lambda x: x[:, :n].reshape((b * n,) + x.shape[2:])  # noqa: E731 - [b, n, ...] -> [b*n, ...]
   return GenerateOutput(
