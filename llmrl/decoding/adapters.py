@@ -30,7 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 
-from llmrl.models.gpt import GPT, init_cache
+from llmrl.models.gpt import GPT, init_cache, unscan_params
 from llmrl.models.t5 import T5
 from llmrl.decoding.seq2seq import Seq2SeqDecoder
 
@@ -104,7 +104,13 @@ class CachedDecoder:
   @property
   def decode_config(self):
     # Head-major cache: attention reads it without a per-step transpose of the whole cache.
-    return self.model.config.replace(decode=True, cache_layout="head_major")
+    # Unscanned layers: the loops expect every cache leaf batch-first (a scanned cache
+    # is stacked [num_layers, b, ...]); scanned params are unstacked by `_params`.
+    return self.model.config.replace(decode=True, cache_layout="head_major", scan_layers=False)
+
+  def _params(self, params):
+    """params of `model` (scan_layers: stacked params["layers"]) -> the decode model's tree."""
+    return unscan_params(params) if self.model.config.scan_layers else params
 
   @property
   def decode_model(self) -> GPT:
@@ -127,7 +133,7 @@ class CachedDecoder:
     cache = init_cache(self.decode_config.replace(max_len=p + new_slots), b)
     positions = prompt_positions(mask)  # [b, p]
     logits, variables = self.decode_model.apply(
-      {"params": params, "cache": cache},
+      {"params": self._params(params), "cache": cache},
       ids,
       positions,
       mask.astype(jnp.int32),  # segment ids: 1 = prompt, 0 = padding
@@ -144,7 +150,7 @@ class CachedDecoder:
   def step(self, params, state, tokens):
     b = tokens.shape[0]
     logits, variables = self.decode_model.apply(
-      {"params": params, "cache": state["cache"]},
+      {"params": self._params(params), "cache": state["cache"]},
       tokens[:, None],  # [b, 1]
       state["position"][:, None],  # [b, 1]
       jnp.ones((b, 1), jnp.int32),

@@ -12,6 +12,12 @@ Packed sequences: pass `segment_ids` [b, l] (0 = padding) and per-token
 `positions`; attention is then block-diagonal causal within segments.
 Incremental decoding: `GPT(cfg.replace(decode=True))`, a cache from
 `init_cache(cfg, batch)`, and `apply(..., mutable=["cache"])` per chunk.
+
+Layer scan: `scan_layers=True` runs the (identical) blocks with `nn.scan`:
+one block is traced and compiled once, its params (and KV cache) stacked on
+a leading "layers" axis under params["layers"]. `unscan_params` /
+`scan_params` convert between that tree and the layers_{i} tree (HF interop,
+LoRA paths and checkpoints of unscanned runs use the latter).
 """
 
 import dataclasses
@@ -92,6 +98,9 @@ class GPTConfig:
   cache_layout: str = "length_major"
   # Mixture-of-experts feed-forward blocks (None = dense MLPs everywhere; see llmrl.models.moe).
   moe: Optional[MoEConfig] = None
+  # Run the blocks with nn.scan over params stacked on a leading "layers" axis
+  # (params["layers"]): one block compiled instead of num_layers. Dense blocks only.
+  scan_layers: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
@@ -133,6 +142,9 @@ class GPTConfig:
         bad(f"{field}={getattr(self, field)} must be positive")
     if self.moe is not None and self.moe.every > self.num_layers:
       bad(f"moe.every={self.moe.every} > num_layers={self.num_layers}: no block would be MoE")
+    if self.scan_layers and self.moe is not None:
+      bad("scan_layers=True needs identical blocks, but moe makes every moe.every-th block a "
+          "mixture of experts; set scan_layers=False or drop moe")
 
   def replace(self, **changes) -> "GPTConfig":
     """A copy with some fields changed (e.g. `cfg.replace(decode=True)`)."""
@@ -179,10 +191,11 @@ class Block(nn.Module):
 
   config: GPTConfig
   use_moe: bool = False  # routed experts (config.moe) in place of the MLP
+  scanned: bool = False  # the body of nn.scan: returns (x, None)
 
   @nn.compact
   def __call__(self, x, positions, segment_ids, deterministic: bool):
-    """x [batch, length, embed] -> [batch, length, embed]."""
+    """x [batch, length, embed] -> [batch, length, embed] ((x, None) when scanned)."""
     cfg = self.config
     out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
     norm = lambda name: make_norm(
@@ -222,7 +235,8 @@ class Block(nn.Module):
     else:
       h = MLP(d_ff=cfg.d_ff, name="mlp", **ffn)(norm("mlp_norm")(x))
     x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-    return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
+    x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
+    return (x, None) if self.scanned else x
 
 
 class DecodeIndex(nn.Module):
@@ -244,7 +258,8 @@ class GPT(nn.Module):
 
   Parameter tree: embed/embedding, pos_embed/embedding (learned positions),
   layers_{i}/{attn_norm, attn/{query,key,value,out}, mlp_norm, mlp/{wi | wi_gate, wi_up}, wo},
-  final_norm, lm_head/kernel (untied only). MoE blocks (config.moe) hold
+  final_norm, lm_head/kernel (untied only). With scan_layers: one subtree
+  layers/... of the same shape, every leaf stacked [num_layers, ...]. MoE blocks (config.moe) hold
   moe/{router, wi | wi_gate, wi_up, wo, ...} instead of mlp (llmrl.models.moe.MoE).
   """
 
@@ -261,13 +276,29 @@ class GPT(nn.Module):
       self.decode_index = DecodeIndex()
     block = Block
     if cfg.remat != "none":
+      # Inside nn.scan the loop already keeps XLA from CSE-ing the recomputation.
       block = nn.remat(
-        Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=True, static_argnums=(4,)
+        Block,
+        policy=_REMAT_POLICIES[cfg.remat],
+        prevent_cse=not cfg.scan_layers,
+        static_argnums=(4,),
       )
     moe = cfg.moe
-    self.layers = [
-      block(cfg, use_moe=moe is not None and moe.is_moe_layer(i)) for i in range(cfg.num_layers)
-    ]
+    if cfg.scan_layers:
+      stack = nn.scan(
+        block,
+        variable_axes={"params": 0, "cache": 0, "intermediates": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+        length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+      )
+      self.layers = stack(cfg, scanned=True)  # params["layers"], leaves [num_layers, ...]
+    else:
+      self.layers = [
+        block(cfg, use_moe=moe is not None and moe.is_moe_layer(i))
+        for i in range(cfg.num_layers)
+      ]
     self.final_norm = make_norm(
       cfg.norm_type, cfg.norm_eps, cfg.has_bias, cfg.dtype, cfg.param_dtype, None
     )
@@ -315,8 +346,11 @@ class GPT(nn.Module):
       x = x + self.pos_embed(positions)
     x = self.dropout(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
-    for layer in self.layers:
-      x = layer(x, positions, segment_ids, deterministic)
+    if cfg.scan_layers:
+      x, _ = self.layers(x, positions, segment_ids, deterministic)
+    else:
+      for layer in self.layers:
+        x = layer(x, positions, segment_ids, deterministic)
     return self.final_norm(x)
 
   def logits(self, hidden):
@@ -337,3 +371,31 @@ def init_cache(cfg: GPTConfig, batch_size: int):
   ids = jnp.zeros((batch_size, 1), jnp.int32)
   shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, ids))["cache"]
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def unscan_params(params, num_layers: Optional[int] = None):
+  """Stacked params["layers"] leaves [num_layers, ...] -> params["layers_{i}"] (other keys kept).
+
+  Works on any mapping with a "layers" entry (also a KV cache); `num_layers`
+  defaults to the leading axis of the stacked leaves.
+  """
+  params = dict(params)
+  stacked = params.pop("layers")
+  leaves = jax.tree.leaves(stacked)
+  n = leaves[0].shape[0] if num_layers is None else num_layers
+  for i in range(n):
+    params[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+  return params
+
+
+def scan_params(params):
+  """params["layers_{i}"] -> params["layers"] with every leaf stacked [num_layers, ...]."""
+  params = dict(params)
+  n = 0
+  while f"layers_{n}" in params:
+    n += 1
+  if n == 0:
+    raise ValueError("scan_params: no layers_0 in the params (already scanned, or not a GPT tree)")
+  blocks = [params.pop(f"layers_{i}") for i in range(n)]
+  params["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
+  return params

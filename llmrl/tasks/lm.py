@@ -39,6 +39,7 @@ def model_config_block() -> ml_collections.ConfigDict:
   c.attention_block_size = 128
   c.dtype = "float32"         # compute dtype; params stay float32
   c.remat = "none"            # "none" | "full" | "dots"
+  c.scan_layers = False       # nn.scan over blocks stacked on a "layers" axis (not with moe)
   c.rope_base = 10000.0
   c.moe = moe_lib.config_block()  # mixture of experts (num_experts = 0: dense)
   return c
@@ -63,6 +64,10 @@ def validate_model(c: ml_collections.ConfigDict, seq_len: int) -> None:
   if seq_len < 2:
     raise ConfigError(f"config.train.seq_len={seq_len} must be >= 2.")
   moe_lib.validate(c, c.num_layers)
+  if c.get("scan_layers", False) and c.moe.num_experts:
+    raise ConfigError(
+        f"config.model.scan_layers=True needs identical blocks, but config.model.moe.num_experts="
+        f"{c.moe.num_experts} makes every moe.every-th block different; set scan_layers=False.")
 
 
 def make_gpt_config(c: ml_collections.ConfigDict, vocab_size: int, seq_len: int) -> GPTConfig:
@@ -73,7 +78,7 @@ def make_gpt_config(c: ml_collections.ConfigDict, vocab_size: int, seq_len: int)
       d_ff=c.d_ff, style=c.style, rope_base=c.rope_base, tie_embeddings=c.tie_embeddings,
       dropout_rate=c.dropout_rate, attention_impl=c.attention_impl,
       attention_block_size=c.attention_block_size, dtype=c.dtype, remat=c.remat,
-      moe=moe_lib.make(c))
+      moe=moe_lib.make(c), scan_layers=bool(c.get("scan_layers", False)))
 
 
 def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):

@@ -61,8 +61,16 @@ def make_schedule(c: ml_collections.ConfigDict, total_steps: int) -> optax.Sched
 
 
 def _decay_mask(params):
-  """Weight decay only on matrices (ndim >= 2): not on norms, biases or scalars."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """Weight decay only on matrices (ndim >= 2): not on norms, biases or scalars.
+
+  Leaves under a "layers" key are a scanned stack (GPTConfig.scan_layers) with a
+  leading [num_layers] axis that does not count.
+  """
+  def is_matrix(path, p):
+    stacked = any(getattr(k, "key", None) == "layers" for k in path)
+    return p.ndim - stacked >= 2
+
+  return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
 def make_optimizer(c: ml_collections.ConfigDict, total_steps: int,
