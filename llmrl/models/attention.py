@@ -87,13 +87,16 @@ def plain_attention(q, k, v, mask, bias=None, scale=None):
 
 
 def blockwise_attention(
-  q, k, v, q_index, k_index, q_segment, k_segment, causal, block_size, scale=None
+  q, k, v, q_index, k_index, q_segment, k_segment, causal, block_size, scale=None, bias=None
 ):
   """Memory-efficient attention: online softmax over key blocks (lax.scan).
 
   Peak memory is O(lq * block_size) per head instead of O(lq * lk), in the
   backward pass too: llmrl.models.flash has a hand-written flash-style VJP
   that saves only the output and log-sum-exp and recomputes block scores.
+  bias [b|1, h, lq, lk] (T5's relative position bias) is cut into key blocks
+  and added to each block's scores; it is O(lq * lk) itself, so with a bias
+  only the activations (not the bias) stay linear in length.
   """
   b, lq, h, d = q.shape
   lk, kvh = k.shape[1], k.shape[2]
@@ -120,7 +123,12 @@ def blockwise_attention(
     k_index.reshape(nblk, blk),  # [nblk, blk]
     valid.reshape(nblk, blk),  # [nblk, blk]
     blocks(k_segment),  # [nblk, b, blk]
+    None,
   )
+  if bias is not None:
+    bg = jnp.pad(_group_bias(bias, kvh), ((0, 0),) * 4 + ((0, pad),))  # [b|1, kvh, g, lq, lk_pad]
+    bg = bg.reshape(*bg.shape[:4], nblk, blk)  # [b|1, kvh, g, lq, nblk, blk]
+    xs = xs[:-1] + (jnp.moveaxis(bg, 4, 0),)  # [nblk, b|1, kvh, g, lq, blk]
   scale = d**-0.5 if scale is None else scale
   qg = _group(q, kvh) * jnp.asarray(scale, q.dtype)  # [b, lq, kvh, g, d]
   out = flash_attention(qg, *xs, q_index, q_segment_, causal)  # [b, kvh, g, lq, d]
@@ -158,13 +166,8 @@ def attend(
   multiplier of q.k (None = head_dim**-0.5).
   """
   if impl == "blockwise":
-    if bias is not None:
-      raise ValueError(
-        "attention_impl='blockwise' does not take a score bias (e.g. T5's relative "
-        "position bias); use attention_impl='plain' or 'jax'"
-      )
     return blockwise_attention(
-      q, k, v, q_index, k_index, q_segment, k_segment, causal, block_size, scale
+      q, k, v, q_index, k_index, q_segment, k_segment, causal, block_size, scale, bias
     )
   mask = make_mask(q_index, k_index, q_segment, k_segment, causal)
   if impl == "plain":

@@ -12,6 +12,8 @@ Layout (GQA-aware, query heads grouped under their key/value head):
   kb   [nblk, b, blk, kvh, d]    key blocks;  vb likewise
   kib  [nblk, blk]               key token indices;  vab [nblk, blk] valid (not padding)
   ksb  [nblk, b, blk]            key segment ids
+  bb   [nblk, b|1, kvh, g, lq, blk] float32 additive score bias (e.g. T5's relative
+                                 position bias), or None; its gradient is returned too
   q_index [lq] or [b, lq], q_segment [b, lq]
 Output [b, kvh, g, lq, d] float32.
 """
@@ -41,14 +43,19 @@ def _scores(qg, kb_j):
                     preferred_element_type=jnp.float32)  # [b, kvh, g, lq, blk]
 
 
-def _forward(qg, kb, vb, kib, vab, ksb, q_index, q_segment, causal):
+def _block_scores(qg, kb_j, bb_j):
+  s = _scores(qg, kb_j)  # [b, kvh, g, lq, blk] float32
+  return s if bb_j is None else s + bb_j
+
+
+def _forward(qg, kb, vb, kib, vab, ksb, bb, q_index, q_segment, causal):
   b, lq, kvh, g, d = qg.shape
 
   def body(carry, x):
     m, l, acc = carry  # [b,kvh,g,lq], [b,kvh,g,lq], [b,kvh,g,lq,d]
-    kb_j, vb_j, ki_j, va_j, ks_j = x
+    kb_j, vb_j, ki_j, va_j, ks_j, bb_j = x
     mask = _mask(q_index, q_segment, ki_j, va_j, ks_j, causal)
-    s = jnp.where(mask, _scores(qg, kb_j), _NEG)  # [b, kvh, g, lq, blk]
+    s = jnp.where(mask, _block_scores(qg, kb_j, bb_j), _NEG)  # [b, kvh, g, lq, blk]
     m_new = jnp.maximum(m, s.max(-1))
     p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
     alpha = jnp.exp(m - m_new)
@@ -60,45 +67,49 @@ def _forward(qg, kb, vb, kib, vab, ksb, q_index, q_segment, causal):
   init = (jnp.full((b, kvh, g, lq), _NEG, jnp.float32),
           jnp.zeros((b, kvh, g, lq), jnp.float32),
           jnp.zeros((b, kvh, g, lq, d), jnp.float32))
-  (m, l, acc), _ = jax.lax.scan(body, init, (kb, vb, kib, vab, ksb))
+  (m, l, acc), _ = jax.lax.scan(body, init, (kb, vb, kib, vab, ksb, bb))
   safe_l = jnp.where(l == 0.0, 1.0, l)
   out = acc / safe_l[..., None]  # [b, kvh, g, lq, d]
   lse = m + jnp.log(safe_l)  # [b, kvh, g, lq]
   return out, lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
-def flash_attention(qg, kb, vb, kib, vab, ksb, q_index, q_segment, causal):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9,))
+def flash_attention(qg, kb, vb, kib, vab, ksb, bb, q_index, q_segment, causal):
   """Blockwise attention output [b, kvh, g, lq, d] (float32); see module docstring."""
-  return _forward(qg, kb, vb, kib, vab, ksb, q_index, q_segment, causal)[0]
+  return _forward(qg, kb, vb, kib, vab, ksb, bb, q_index, q_segment, causal)[0]
 
 
-def _fwd(qg, kb, vb, kib, vab, ksb, q_index, q_segment, causal):
-  out, lse = _forward(qg, kb, vb, kib, vab, ksb, q_index, q_segment, causal)
-  return out, (qg, kb, vb, kib, vab, ksb, q_index, q_segment, out, lse)
+def _fwd(qg, kb, vb, kib, vab, ksb, bb, q_index, q_segment, causal):
+  out, lse = _forward(qg, kb, vb, kib, vab, ksb, bb, q_index, q_segment, causal)
+  return out, (qg, kb, vb, kib, vab, ksb, bb, q_index, q_segment, out, lse)
 
 
 def _bwd(causal, res, dout):
-  qg, kb, vb, kib, vab, ksb, q_index, q_segment, out, lse = res
+  qg, kb, vb, kib, vab, ksb, bb, q_index, q_segment, out, lse = res
   dout = dout.astype(jnp.float32)  # [b, kvh, g, lq, d]
   delta = jnp.sum(dout * out, -1)  # [b, kvh, g, lq]
   qf = qg.astype(jnp.float32)
 
   def body(dq, x):
-    kb_j, vb_j, ki_j, va_j, ks_j = x
+    kb_j, vb_j, ki_j, va_j, ks_j, bb_j = x
     mask = _mask(q_index, q_segment, ki_j, va_j, ks_j, causal)
-    s = _scores(qg, kb_j)
+    s = _block_scores(qg, kb_j, bb_j)
     p = jnp.where(mask, jnp.exp(s - lse[..., None]), 0.0)  # [b, kvh, g, lq, blk]
     dv = jnp.einsum("bkgqs,bkgqd->bskd", p, dout)  # [b, blk, kvh, d]
     dp = jnp.einsum("bkgqd,bskd->bkgqs", dout, vb_j.astype(jnp.float32))
     ds = p * (dp - delta[..., None])  # [b, kvh, g, lq, blk]
     dq = dq + jnp.einsum("bkgqs,bskd->bqkgd", ds, kb_j.astype(jnp.float32))
     dk = jnp.einsum("bkgqs,bqkgd->bskd", ds, qf)  # [b, blk, kvh, d]
-    return dq, (dk.astype(kb.dtype), dv.astype(vb.dtype))
+    # d(scores)/d(bias) = 1: the bias gradient is ds, summed over a broadcast batch.
+    db = None
+    if bb_j is not None:
+      db = (ds.sum(0, keepdims=True) if bb_j.shape[0] == 1 else ds).astype(bb_j.dtype)
+    return dq, (dk.astype(kb.dtype), dv.astype(vb.dtype), db)
 
-  dq, (dk, dv) = jax.lax.scan(body, jnp.zeros(qg.shape, jnp.float32),
-                              (kb, vb, kib, vab, ksb))
-  return (dq.astype(qg.dtype), dk, dv, None, None, None, None, None)
+  dq, (dk, dv, db) = jax.lax.scan(body, jnp.zeros(qg.shape, jnp.float32),
+                                  (kb, vb, kib, vab, ksb, bb))
+  return (dq.astype(qg.dtype), dk, dv, None, None, None, db, None, None)
 
 
 flash_attention.defvjp(_fwd, _bwd)

@@ -56,7 +56,7 @@ from llmrl.models.layers import MLP, MLPS, Dense, Embed, RelativePositionBias, R
 from llmrl.models.moe import MoE, MoEConfig
 
 T5_STYLES = ("v1_0", "v1_1")
-T5_ATTENTION_IMPLS = ("plain", "jax")  # blockwise takes no score bias
+T5_ATTENTION_IMPLS = ("plain", "blockwise", "jax")  # all three take the relative bias
 _STYLE_DEFAULTS = {"v1_0": ("relu", True, True), "v1_1": ("geglu", False, False)}
 
 
@@ -91,8 +91,10 @@ class T5Config:
   dropout_rate: float = 0.0
   # Decoder KV-cache length (T5 has no position table, so no other length limit).
   max_len: int = 128
-  # "plain" | "jax" (blockwise is not available: it takes no score bias).
+  # "plain" | "blockwise" (flash-style, the relative bias cut per key block) | "jax".
   attention_impl: str = "plain"
+  # Key block size of the blockwise kernel.
+  attention_block_size: int = 128
   # Multiplier of T5's initialisation: embeddings N(0, f), q N(0, f (d_model d_kv)^-0.5),
   # k/v/wi and an untied lm_head N(0, f d_model^-0.5), out N(0, f inner^-0.5), wo N(0, f d_ff^-0.5).
   init_factor: float = 1.0
@@ -190,6 +192,7 @@ class T5Block(nn.Module):
         max_len=cfg.max_len,
         causal=causal,
         impl=cfg.attention_impl,
+        block_size=cfg.attention_block_size,
         decode=decode,
         init_std=f * cfg.d_model**-0.5,
         query_init_std=f * (cfg.d_model * cfg.d_head) ** -0.5,

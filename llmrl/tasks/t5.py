@@ -36,7 +36,8 @@ def model_config_block() -> ml_collections.ConfigDict:
   c.relative_buckets = 32
   c.relative_max_distance = 128
   c.dropout_rate = 0.0
-  c.attention_impl = "plain"  # "plain" | "jax" (blockwise takes no relative bias)
+  c.attention_impl = "plain"  # "plain" | "blockwise" | "jax" (all take the relative bias)
+  c.attention_block_size = 128
   c.dtype = "float32"  # compute dtype; params stay float32
   c.remat = "none"  # "none" | "full" | "dots"
   c.moe = moe_lib.config_block()  # mixture of experts in both stacks (num_experts = 0: dense)
@@ -55,7 +56,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Shape and enum checks with config key names, before anything compiles."""
   c, o = config.model, config.objective
   check_enum("model.style", c.style, ("v1_0", "v1_1"))
-  check_enum("model.attention_impl", c.attention_impl, ("plain", "jax"))
+  check_enum("model.attention_impl", c.attention_impl, ("plain", "blockwise", "jax"))
+  check_positive("model.attention_block_size", c.get("attention_block_size", 128))
   check_enum("model.dtype", c.dtype, DTYPES)
   check_enum("model.remat", c.remat, ("none", "full", "dots"))
   for k in ("num_layers", "d_model", "num_heads", "d_ff", "relative_buckets"):
@@ -85,7 +87,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
     num_heads=mc.num_heads, head_dim=mc.head_dim or None, d_ff=mc.d_ff, style=mc.style,
     relative_buckets=mc.relative_buckets, relative_max_distance=mc.relative_max_distance,
     dropout_rate=mc.dropout_rate, max_len=max(targets_len, 1), attention_impl=mc.attention_impl,
-    dtype=mc.dtype, remat=mc.remat, moe=moe_lib.make(mc))  # fmt: skip
+    attention_block_size=mc.get("attention_block_size", 128), dtype=mc.dtype, remat=mc.remat, moe=moe_lib.make(mc))  # fmt: skip
   model = T5(cfg)
   batches = t5_batches(
     config.data, tokenizer, batch_size=local_batch_size(tc), inputs_len=tc.seq_len,
