@@ -159,3 +159,17 @@ def test_config_errors():
   c.scan_layers, c.moe.num_experts = True, 2
   with pytest.raises(ConfigError, match="config.model.scan_layers"):
     lm.validate_model(c, 16)
+
+
+def test_hf_save_and_load_with_scan_layers(tmp_path):
+  """interop.hf writes a scanned model as layers_{i} tensors and stacks them again on load."""
+  from llmrl.interop import hf
+
+  cfg = CONFIGS["llama_gqa"].replace(scan_layers=True)
+  p = scanned_params(cfg)
+  hf.save(GPT(cfg), p, str(tmp_path))
+  flat_model, flat = hf.load(str(tmp_path))  # the plain (unscanned) load path
+  assert not flat_model.config.scan_layers and "layers_2" in flat
+  assert max_diff(flat, unscan_params(p)) == 0.0
+  model, stacked = hf.load(str(tmp_path), scan_layers=True)
+  assert model.config.scan_layers and max_diff(stacked, p) == 0.0

@@ -33,7 +33,7 @@ from llmrl.interop.hf_decoders import (
   normalize_keys,
 )
 from llmrl.interop.hf_encoders import BERT, T5_CONVERTER
-from llmrl.models.gpt import GPT, GPTConfig
+from llmrl.models.gpt import GPT, GPTConfig, scan_params, unscan_params
 
 CONVERTERS = {"gpt2": GPT2, "llama": LLAMA, "mixtral": MIXTRAL, "bert": BERT, "t5": T5_CONVERTER}
 _SUPPORTED = ", ".join(sorted(CONVERTERS))
@@ -149,6 +149,10 @@ def load(path: str, *, adapter: Optional[str] = None, **config_overrides):
     cfg = make_config(**{**kwargs, **config_overrides})
   except (KeyError, ValueError, TypeError) as e:
     _fail(path, f"cannot convert {hf_config.get('model_type')} config.json: {e}")
+  # scan_layers=True: convert to layers_{i} as usual, stack them at the end.
+  scanned = isinstance(cfg, GPTConfig) and cfg.scan_layers
+  if scanned:
+    cfg = cfg.replace(scan_layers=False)
   entries = converter.entries(cfg)
   wanted = {e.hf_key for e in entries}
   missing = wanted - set(tensors)
@@ -175,6 +179,8 @@ def load(path: str, *, adapter: Optional[str] = None, **config_overrides):
       if tuple(v.shape) != shapes[p]:
         _fail(path, f"tensor {e.hf_key} has shape {x.shape}; param {'/'.join(p)} needs {shapes[p]}")
       _set(params, p, jnp.asarray(v, cfg.param_dtype))
+  if scanned:
+    return GPT(cfg.replace(scan_layers=True)), scan_params(params)
   return (converter.model or GPT)(cfg), params
 
 
@@ -214,6 +220,8 @@ def save(model: GPT, params, path: str, extra_config: Optional[dict] = None) -> 
   converter = CONVERTERS[model_type]
   params = nn.unbox(params)
   params = params.get("params", params)
+  if isinstance(cfg, GPTConfig) and cfg.scan_layers:  # stacked params["layers"] -> layers_{i}
+    cfg, params = cfg.replace(scan_layers=False), unscan_params(params)
   shapes = _param_shapes(cfg)
   tensors, used = {}, set()
   for e in converter.entries(cfg):
