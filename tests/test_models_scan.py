@@ -173,3 +173,11 @@ def test_hf_save_and_load_with_scan_layers(tmp_path):
   assert max_diff(flat, unscan_params(p)) == 0.0
   model, stacked = hf.load(str(tmp_path), scan_layers=True)
   assert model.config.scan_layers and max_diff(stacked, p) == 0.0
+
+
+def test_lora_refuses_a_scanned_model():
+  from llmrl.adapters.lora import LoRA
+
+  model = GPT(tiny(scan_layers=True))
+  with pytest.raises(ConfigError, match="scan_layers=False"):
+    LoRA.for_model(model, jnp.zeros((1, 4), jnp.int32), rank=2, alpha=4, targets=("attn/query",))

@@ -149,6 +149,11 @@ class LoRA:
     if not 0.0 <= dropout < 1.0:
       raise ConfigError(f"config.lora.dropout={dropout} must be in [0, 1).")
     projections = find_projections(model, *example_args, **example_kwargs)
+    if any("layers" in p.split("/") for p in projections):  # GPTConfig.scan_layers
+      raise ConfigError(
+        "LoRA: the model runs its blocks with scan_layers=True (one module shared by all "
+        "layers); set config.model.scan_layers=False (llmrl.models.gpt.unscan_params converts "
+        "the params)")
     chosen = match(list(projections), targets)
     return cls(tuple((p, projections[p]) for p in chosen), rank, float(alpha), float(dropout))
 

@@ -13,7 +13,7 @@ from llmrl.models.accounting import (
   t5_flops_per_example,
 )
 from llmrl.models.bert import Bert, BertConfig
-from llmrl.models.gpt import GPT, GPTConfig, init_cache
+from llmrl.models.gpt import GPT, GPTConfig, init_cache, scan_params, unscan_params
 from llmrl.models.moe import MoE, MoEConfig
 from llmrl.models.t5 import T5, T5Config
 
@@ -21,6 +21,8 @@ __all__ = [
   "GPT",
   "GPTConfig",
   "init_cache",
+  "scan_params",
+  "unscan_params",
   "Bert",
   "BertConfig",
   "T5",

@@ -125,7 +125,8 @@ class T5Config:
     ):
       if value not in allowed:
         bad(f"{field}={value!r} is not one of {allowed}")
-    for field in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_len"):
+    for field in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_len",
+                  "attention_block_size"):
       if getattr(self, field) <= 0:
         bad(f"{field}={getattr(self, field)} must be positive")
     if self.decoder_layers <= 0:
