@@ -5,6 +5,7 @@ layers_{i}) on the same weights, converted with unscan_params/scan_params.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,7 @@ CONFIGS = {
 }
 
 
+@functools.lru_cache(maxsize=None)
 def scanned_params(cfg, seed=0):
   """Params of GPT(cfg with scan_layers) from its own init (so the stacked shapes are real)."""
   ids = jnp.zeros((1, 4), jnp.int32)
@@ -88,8 +90,8 @@ def test_grads_match_unscanned_with_remat(name, remat):
 
 
 def test_logical_axis_names_have_layers_first():
-  boxed = GPT(tiny(scan_layers=True)).init({"params": jax.random.key(0)},
-                                             jnp.zeros((1, 4), jnp.int32))["params"]
+  boxed = jax.eval_shape(GPT(tiny(scan_layers=True)).init, {"params": jax.random.key(0)},
+                         jnp.zeros((1, 4), jnp.int32))["params"]
   leaves = jax.tree.leaves(boxed["layers"], is_leaf=lambda x: isinstance(x, nn.Partitioned))
   assert leaves and all(leaf.names[0] == "layers" for leaf in leaves)
 
