@@ -27,6 +27,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     raise ValueError(f"unknown preset {preset!r} for configs/chatgpt.py; use tiny or gpt2_small")
   stage_preset = "tiny" if preset == "tiny" else ""
   c = ml_collections.ConfigDict()
+  c.seed = 0  # every stage's seed (init, data order, rollouts); the world is data.world_seed
   c.cache_dir = ""  # prepared data for every stage ("" = each stage's config.data.cache_dir)
   c.eval_max_new_tokens = 24
   c.pretrain = pretrain.get_config(stage_preset)
@@ -43,8 +44,27 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.rlhf.ppo.iterations = 2
     c.eval_max_new_tokens = 12
   else:
-    c.pretrain.train.steps = 1000
+    _laptop(c)
   return c
+
+
+def _laptop(c: ml_collections.ConfigDict) -> None:
+  """The default: a world small enough for a 1M-parameter model to learn its facts.
+
+  120 people (~300 facts per split); every ranked fact asked three ways with
+  six candidates each, so the reward model sees each fact's right answer in
+  several rankings; 5% of facts are held out whole (unseen_fact_accuracy).
+  """
+  for stage in (c.pretrain, c.sft, c.reward_model, c.rlhf):
+    stage.data.world_size = "120"
+  for stage in (c.reward_model, c.rlhf):
+    stage.data.update(prompts_per_fact=3, num_responses=6)
+  c.pretrain.train.steps = 1000
+  c.reward_model.heldout_fact_fraction = 0.05
+  c.reward_model.train.update(seq_len=80, steps=800, log_every=50, checkpoint_every=800)
+  c.reward_model.optim.learning_rate = 3e-4
+  c.rlhf.optim.learning_rate = 1e-4
+  c.rlhf.ppo.update(kl_target=2.0, kl_coef_min=0.01, kl_coef_max=4.0)
 
 
 def _gpt2_small(c: ml_collections.ConfigDict) -> None:

@@ -18,6 +18,8 @@ def main(config, workdir):
     if config.cache_dir:
       for s in stages:
         config[s].data.cache_dir = config.cache_dir
+    for s in stages:
+      config[s].seed = config.seed
     config.sft.init_from = dirs["pretrain"]
     config.reward_model.init_from = dirs["sft"]
     config.rlhf.sft_from, config.rlhf.rm_from = dirs["sft"], dirs["reward_model"]
@@ -34,8 +36,9 @@ def main(config, workdir):
   evals = {"pretrain": pipeline.evaluate_stage(dirs["pretrain"], data, "fewshot", n),
            "sft": pipeline.evaluate_stage(dirs["sft"], data, "chat", n),
            "rlhf": results["rlhf"]["eval"]}
-  out = report.write(workdir, evals, results["reward_model"]["eval/heldout_accuracy"],
-                     results["rlhf"], config.rlhf.ppo.kl_target)
+  rm = {k.split("/", 1)[1]: v for k, v in results["reward_model"].items()
+        if k.startswith("eval/")}
+  out = report.write(workdir, evals, rm, results["rlhf"], config.rlhf.ppo.kl_target)
   log.info("report: %s (%s total)", os.path.join(workdir, "report.md"),
            format_duration(time.time() - t0))
   log.info("%s", {k: v for k, v in out.items() if k != "calibration"})

@@ -202,6 +202,29 @@ def test_num_responses_keeps_the_text_and_tokenizer(cfg, splits, tok):
   assert data.examples(k3, "sft") == splits["sft"]
 
 
+def test_prompts_per_fact_words_each_prompt_anew(cfg, splits, tok):
+  q3 = cfg.copy_and_resolve_references()
+  q3.prompts_per_fact = 3
+  prefs = data.examples(q3, "preferences")
+  one = splits["preferences"]
+  assert len(prefs) == 3 * len(one)
+  by_fact: dict = {}
+  for e in prefs:
+    by_fact.setdefault((e["subject"], e["relation"]), []).append(e)
+  assert set(by_fact) == _facts(one) and all(len(v) == 3 for v in by_fact.values())
+  for group in by_fact.values():  # each prompt draws its own candidate set
+    assert len({tuple(e["responses"]) for e in group}) > 1 or not group[0]["known"]
+    assert all(e["scores"] == [labeler.score(e, r) for r in e["responses"]] for e in group)
+  assert len({e["prompt"] for e in prefs}) > len(one)  # more than one wording per fact
+  facts = [(e["subject"], e["relation"]) for e in prefs[:30]]
+  assert len(set(facts)) > 20  # shuffled: a fact's prompts are not side by side
+  assert data.get_tokenizer(q3).path == tok.path and data.examples(q3, "sft") == splits["sft"]
+  bad = cfg.copy_and_resolve_references()
+  bad.prompts_per_fact = 0
+  with pytest.raises(data.DataConfigError, match=r"config.data.prompts_per_fact=0 .*\[1, 8\]"):
+    data.examples(bad, "preferences")
+
+
 def test_structured_splits_as_lm_text(cfg, tok):
   it = data.lm_batches(cfg, tok, batch_size=2, seq_len=32, split="sft", seed=0)
   b = next(it)

@@ -141,6 +141,26 @@ def test_bad_rlhf_config():
   c.ppo.minibatches, c.ppo.ptx_coef = 2, -1.0
   with pytest.raises(ConfigError, match="ptx_coef=-1.0 must be >= 0"):
     loop.validate(c)
+  c.ppo.ptx_coef, c.ppo.kl_coef_max = 0.0, 0.01
+  with pytest.raises(ConfigError, match=r"kl_coef=0.05 must lie in \[kl_coef_min, kl_coef_max\]"):
+    loop.validate(c)
+
+
+def test_kl_controllers_keep_beta_in_range():
+  c = ppo.default_config()
+  c.kl_coef_min, c.kl_coef_max, c.kl_target = 0.01, 0.4, 1.0
+  beta = 0.05
+  for _ in range(10):  # KL far above target: doubles, then stops at the ceiling
+    beta = ppo.update_beta(beta, 10.0, c, 32)
+  assert beta == 0.4
+  for _ in range(10):  # KL far below: halves down to the floor
+    beta = ppo.update_beta(beta, 0.0, c, 32)
+  assert beta == 0.01
+  c.kl_controller, c.kl_horizon = "proportional", 100
+  assert ppo.update_beta(0.1, 2.0, c, 10) == pytest.approx(0.1 * (1 + 0.2 * 10 / 100))
+  assert ppo.update_beta(0.399, 2.0, c, 1000) == 0.4
+  c.kl_controller = "fixed"
+  assert ppo.update_beta(0.1, 10.0, c, 32) == 0.1
 
 
 def test_chatgpt_smoke(tmp_path, data_cache):
@@ -157,6 +177,8 @@ def test_chatgpt_smoke(tmp_path, data_cache):
     assert set(report[stage]) == {"true_reward", "known_accuracy", "hallucination_rate"}
     assert -4.0 <= report[stage]["true_reward"] <= 1.0
   assert 0.0 <= report["reward_model"]["heldout_accuracy"] <= 1.0
+  if "unseen_fact_accuracy" in report["reward_model"]:
+    assert 0.0 <= report["reward_model"]["unseen_fact_accuracy"] <= 1.0
   assert report["ppo"]["kl_target"] == 1.0 and report["ppo"]["kl_mean"] is not None
   for name in ("report.md", "losses.png", "ppo.png"):
     assert os.path.getsize(os.path.join(wd, name)) > 0

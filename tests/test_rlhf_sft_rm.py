@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from llmrl import data
+from llmrl.config import ConfigError
 from llmrl.models import GPTConfig
 from llmrl.rlhf import reward, sft
 from llmrl.train.metrics import read_jsonl
@@ -86,6 +87,20 @@ def test_pairwise_accuracy_hand_case():
   assert reward.pairwise_accuracy(np.array([[3.0, 2.0, 1.0]]), scores) == 1.0
   assert reward.pairwise_accuracy(np.array([[1.0, 2.0, 3.0]]), scores) == 0.0
   np.testing.assert_allclose(reward.pairwise_accuracy(np.array([[2.0, 3.0, 1.0]]), scores), 2 / 3)
+
+
+def test_heldout_split_keeps_unseen_facts_out_of_training():
+  exs = [{"subject": f"s{i // 3}", "relation": "r", "n": i} for i in range(60)]  # 20 facts x 3
+  train, heldout, unseen = reward.split_heldout(exs, 0.1, fact_fraction=0.25)
+  fact = lambda e: (e["subject"], e["relation"])  # noqa: E731
+  assert sorted(e["n"] for e in train + heldout + unseen) == list(range(60))
+  assert {fact(e) for e in unseen} == {(f"s{i}", "r") for i in (3, 7, 11, 15, 19)}
+  assert not {fact(e) for e in unseen} & {fact(e) for e in train + heldout}
+  assert len(heldout) == 4 and all(fact(e) in {fact(t) for t in train} for e in heldout)
+  train1, heldout1, unseen1 = reward.split_heldout(exs, 0.1)
+  assert unseen1 == [] and len(heldout1) == 6 and len(train1) == 54
+  with pytest.raises(ConfigError, match="heldout_fact_fraction=1.5"):
+    reward.split_heldout(exs, 0.1, 1.5)
 
 
 def test_reward_is_read_at_the_last_real_token_with_padding():

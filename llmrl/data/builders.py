@@ -124,10 +124,11 @@ class WorldConfig(tfds.core.BuilderConfig):
   world_seed: int = 0
   num_people: int = 48
   num_responses: int = 4
+  prompts_per_fact: int = 1
 
   @property
   def text_id(self) -> str:
-    """Names what the text splits depend on (not num_responses): tokenizers are keyed by it."""
+    """Names what the text splits depend on (not the preference settings): tokenizers are keyed by it."""
     return f"seed{self.world_seed}_people{self.num_people}"
 
 
@@ -157,7 +158,7 @@ class SyntheticWorld(_LocalBuilder):
     splits = {s: self._generate_examples(self._documents(w, s)) for s in ("pretrain", "validation")}
     for s in qa.QA_SPLITS:
       splits[s] = self._generate_examples(self._qa(w, s))
-    splits["preferences"] = self._generate_examples(self._preferences(w, c.num_responses))
+    splits["preferences"] = self._generate_examples(self._preferences(w, c.num_responses, c.prompts_per_fact))
     return splits
 
   @staticmethod
@@ -171,8 +172,8 @@ class SyntheticWorld(_LocalBuilder):
       yield {**_EMPTY, **ex, "kind": "qa"}
 
   @staticmethod
-  def _preferences(w, num_responses):
-    for ex in qa.preference_examples(w, num_responses):
+  def _preferences(w, num_responses, prompts_per_fact):
+    for ex in qa.preference_examples(w, num_responses, prompts_per_fact):
       yield {**_EMPTY, **ex, "kind": "preference"}
 
   def _generate_examples(self, records):
@@ -253,11 +254,13 @@ def _builder(cfg) -> tfds.core.GeneratorBasedBuilder:
   data_dir = os.path.join(os.path.expanduser(cfg.cache_dir), "tfds")
   if cfg.name == "synthetic_world":
     n, k = config_lib.world_num_people(cfg.world_size), cfg.get("num_responses", 4)
+    q = cfg.get("prompts_per_fact", 1)
     bc = WorldConfig(
-      name=f"seed{cfg.world_seed}_people{n}_k{k}",
+      name=f"seed{cfg.world_seed}_people{n}_k{k}" + (f"_q{q}" if q != 1 else ""),
       world_seed=cfg.world_seed,
       num_people=n,
       num_responses=k,
+      prompts_per_fact=q,
     )
     return SyntheticWorld(config=bc, data_dir=data_dir, file_format="array_record")
   paths = config_lib.split_files(cfg.files)

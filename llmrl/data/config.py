@@ -28,6 +28,7 @@ BUILTIN_SPLITS = {
 # 4 chat markers and 256 byte-fallback pieces (see tokenizer.py).
 RESERVED_IDS = 365
 MAX_RESPONSES = 8  # Upper bound of config.data.num_responses.
+MAX_PROMPTS_PER_FACT = 8  # Upper bound of config.data.prompts_per_fact.
 MIN_VOCAB_SIZE = 400
 
 
@@ -60,6 +61,9 @@ def default_config() -> ml_collections.ConfigDict:
   # synthetic_world only: candidate responses per prompt in the
   # "preferences" split (K-way ranked comparisons), 2..8.
   cfg.num_responses = 4
+  # synthetic_world only: prompts per SFT fact in the "preferences" split,
+  # each worded differently with its own K candidates (1..MAX_PROMPTS_PER_FACT).
+  cfg.prompts_per_fact = 1
   # text_files only: a glob (or comma-separated globs, or a directory) of
   # .txt and .jsonl files. .txt: one document per blank-line separated
   # paragraph; .jsonl: one document per line, text in field `text_key`.
@@ -174,6 +178,9 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     k = cfg.get("num_responses", 4)
     if not isinstance(k, int) or not 2 <= k <= MAX_RESPONSES:
       _fail(f"config.data.num_responses={k!r} must be an int in [2, {MAX_RESPONSES}]")
+    q = cfg.get("prompts_per_fact", 1)
+    if not isinstance(q, int) or not 1 <= q <= MAX_PROMPTS_PER_FACT:
+      _fail(f"config.data.prompts_per_fact={q!r} must be an int in [1, {MAX_PROMPTS_PER_FACT}]")
   if name == "text_files":
     if not cfg.files:
       _fail(

@@ -18,8 +18,9 @@ Splits (lists of dicts, see `SPLIT_FIELDS` in builders.py for the stored form):
   eval_known    same fields, gold response = the answer sentence
   eval_unknown  same fields, gold response "I don't know." (object is the
                 hidden true value, so generated guesses can be scored)
-  preferences   one prompt per sft fact with K candidate responses (correct
-                or wrong, hedged or not, "I don't know") scored by
+  preferences   prompts about the sft facts (config.data.prompts_per_fact
+                each, differently worded) with K candidate responses
+                (correct or wrong, hedged or not, "I don't know") scored by
                 `labeler.score` and ranked (0 = best)
 """
 
@@ -208,12 +209,17 @@ def candidates(
   return out
 
 
-def preference_examples(world: World, num_responses: int = 4) -> list[dict]:
-  """One example per SFT fact: prompt, K responses, their labeler scores and ranks.
+def preference_examples(world: World, num_responses: int = 4, prompts_per_fact: int = 1) -> list[dict]:
+  """Ranked prompts about every SFT fact: prompt, K responses, labeler scores and ranks.
 
-  Fields: prompt, text (the rendered generation prompt), subject, relation,
-  object, known, responses, scores, ranks (0 = best; ties by text).
+  Each fact gets `prompts_per_fact` prompts, each with its own question wording
+  and its own K candidates (fresh wrong values and hedges); with more than one,
+  the prompts of all facts are shuffled together. Fields: prompt, text (the
+  rendered generation prompt), subject, relation, object, known, responses,
+  scores, ranks (0 = best; ties by text).
   """
+  if prompts_per_fact < 1:
+    raise ValueError(f"prompts_per_fact={prompts_per_fact} must be >= 1")
   rng = random.Random(f"llmrl-prefs-{world.seed}")
   values = relation_values(world)
   groups = fact_groups(world)
@@ -221,20 +227,23 @@ def preference_examples(world: World, num_responses: int = 4) -> list[dict]:
   rng.shuffle(facts)
   out = []
   for fact, known in facts:
-    question = rng.choice(QUESTIONS[fact.relation]).format(s=fact.subject)
-    responses = candidates(fact, known, values[(fact.kind, fact.relation)], num_responses, rng)
-    scores = [labeler.score(fact, r) for r in responses]
-    out.append(
-      {
-        "prompt": question,
-        "text": chat.render(question),
-        "subject": fact.subject,
-        "relation": fact.relation,
-        "object": fact.object,
-        "known": known,
-        "responses": responses,
-        "scores": scores,
-        "ranks": labeler.rank(responses, scores),
-      }
-    )
+    for _ in range(prompts_per_fact):
+      question = rng.choice(QUESTIONS[fact.relation]).format(s=fact.subject)
+      responses = candidates(fact, known, values[(fact.kind, fact.relation)], num_responses, rng)
+      scores = [labeler.score(fact, r) for r in responses]
+      out.append(
+        {
+          "prompt": question,
+          "text": chat.render(question),
+          "subject": fact.subject,
+          "relation": fact.relation,
+          "object": fact.object,
+          "known": known,
+          "responses": responses,
+          "scores": scores,
+          "ranks": labeler.rank(responses, scores),
+        }
+      )
+  if prompts_per_fact > 1:
+    rng.shuffle(out)
   return out

@@ -59,13 +59,17 @@ def plot_ppo(workdir: str, kl_target: float) -> str:
   return path
 
 
-def write(workdir: str, evals: dict, rm_accuracy: float, ppo_final: dict,
-          kl_target: float) -> dict:
-  """Writes report.json / report.md / PNGs; returns the report dict."""
+def write(workdir: str, evals: dict, rm: dict, ppo_final: dict, kl_target: float) -> dict:
+  """Writes report.json / report.md / PNGs; returns the report dict.
+
+  rm: the reward model's "heldout_accuracy" (held-out prompts) and, when some
+  facts were held out whole, "unseen_fact_accuracy".
+  """
   report = {stage: {k: evals[stage][k] for k in ("true_reward", "known_accuracy",
                                                  "hallucination_rate")}
             for stage in STAGES if stage in evals}
-  report["reward_model"] = {"heldout_accuracy": rm_accuracy}
+  report["reward_model"] = {k: rm[k] for k in ("heldout_accuracy", "unseen_fact_accuracy")
+                            if k in rm}
   report["ppo"] = {"kl_mean": ppo_final.get("ppo/kl_mean"), "kl_target": kl_target,
                    "final_beta": ppo_final.get("ppo/beta")}
   report["calibration"] = {s: evals[s]["calibration"] for s in STAGES if s in evals}
@@ -80,7 +84,10 @@ def write(workdir: str, evals: dict, rm_accuracy: float, ppo_final: dict,
       r = report[s]
       lines.append(f"| {s} | {r['true_reward']:.3f} | {r['known_accuracy']:.3f} | "
                    f"{r['hallucination_rate']:.3f} |")
-  lines += ["", f"Reward model held-out pairwise accuracy: **{rm_accuracy:.3f}**", "",
+  unseen = rm.get("unseen_fact_accuracy")
+  lines += ["", f"Reward model held-out pairwise accuracy: **{rm['heldout_accuracy']:.3f}**"
+            + (f" (prompts about facts never ranked in training: {unseen:.3f})"
+               if unseen is not None else ""), "",
             f"PPO: mean KL to the reference {report['ppo']['kl_mean']:.3f} nats "
             f"(target {kl_target}), final β {report['ppo']['final_beta']:.4f}", "",
             "## Calibration (how often the model hedges)", "",

@@ -85,26 +85,31 @@ def save_adapters(config, workdir: str, model, seq_len: int, params, tok=None,
 
 
 def reward_model(config, workdir: str) -> dict:
-  """Trains the reward model and writes its held-out pairwise accuracy to eval.json."""
+  """Trains the reward model and writes its held-out pairwise accuracies to eval.json."""
   from llmrl.rlhf import reward
   from llmrl.train.metrics import MetricWriter
   result, (_, model, _, heldout) = _train(config, workdir, reward.make_task)
   save_adapters(config, workdir, model, config.train.seq_len, result.state.params,
                 train_paths=("head",))
-  rewards = jax.jit(reward.make_rewards_fn(model, reward.make_tuning(config, model)))(
-      jax.device_get(result.state.params),
-      {k: heldout[k] for k in ("inputs", "segment_ids", "last")})
-  acc = reward.pairwise_accuracy(np.asarray(rewards), heldout["scores"])
-  log.info("reward_model.heldout_accuracy = %.3f over %d held-out prompts", acc,
-           len(heldout["scores"]))
+  rewards_fn = jax.jit(reward.make_rewards_fn(model, reward.make_tuning(config, model)))
+  params = jax.device_get(result.state.params)
+  evals, counts = {}, {}
+  for name, arrays in heldout.items():  # held-out prompts; prompts about unseen facts
+    rewards = rewards_fn(params, {k: arrays[k] for k in ("inputs", "segment_ids", "last")})
+    key = "heldout_accuracy" if name == "heldout" else "unseen_fact_accuracy"
+    evals[key] = reward.pairwise_accuracy(np.asarray(rewards), arrays["scores"])
+    counts[key] = int(len(arrays["scores"]))
+    log.info("reward_model.%s = %.3f over %d prompts", key, evals[key], counts[key])
   if jax.process_index() == 0:
     writer = MetricWriter(workdir)
-    writer.write(result.metrics.get("step", config.train.steps), {"eval/heldout_accuracy": acc})
+    writer.write(result.metrics.get("step", config.train.steps),
+                 {f"eval/{k}": v for k, v in evals.items()})
     writer.close()
     with open(os.path.join(workdir, "eval.json"), "w") as f:
-      json.dump({"reward_model.heldout_accuracy": acc,
-                 "heldout_prompts": int(len(heldout["scores"]))}, f, indent=2)
-  return {**result.metrics, "eval/heldout_accuracy": acc}
+      json.dump({**{f"reward_model.{k}": v for k, v in evals.items()},
+                 "heldout_prompts": counts["heldout_accuracy"],
+                 "unseen_fact_prompts": counts.get("unseen_fact_accuracy", 0)}, f, indent=2)
+  return {**result.metrics, **{f"eval/{k}": v for k, v in evals.items()}}
 
 
 def rlhf(config, workdir: str) -> dict:

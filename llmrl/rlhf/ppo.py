@@ -93,6 +93,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.kl_coef = 0.05             # initial β
   c.kl_target = 1.0            # nats per response; used by the adaptive controller
   c.kl_controller = "adaptive"  # "adaptive" (×2/÷2) | "proportional" (Ziegler) | "fixed"
+  c.kl_horizon = 10_000        # proportional controller's horizon (Ziegler et al.: 10k)
+  c.kl_coef_min = 1e-3         # the controllers keep β within [kl_coef_min, kl_coef_max]
+  c.kl_coef_max = 1.0
   c.kl_estimator = "k1"        # in the reward; k3 is logged as well
   c.missing_eos_penalty = 1.0  # subtracted from the score when no <|end|> is produced
   c.whiten_rewards = False
@@ -210,10 +213,12 @@ def make_loss(policy: GPT, critic: ScalarHeadModel, c: ml_collections.ConfigDict
 
 
 def update_beta(beta: float, kl: float, c: ml_collections.ConfigDict, n_steps: int) -> float:
-  """Next β from the configured KL controller."""
+  """Next β from the configured KL controller, kept within [kl_coef_min, kl_coef_max]."""
   if c.kl_controller == "adaptive":
-    return float(ppo_core.adaptive_kl_update(beta, kl, c.kl_target))
-  if c.kl_controller == "proportional":
-    return float(ppo_core.proportional_kl_update(beta, kl, c.kl_target, n_steps=n_steps,
-                                                 horizon=10_000))
-  return beta
+    beta = float(ppo_core.adaptive_kl_update(beta, kl, c.kl_target))
+  elif c.kl_controller == "proportional":
+    beta = float(ppo_core.proportional_kl_update(beta, kl, c.kl_target, n_steps=n_steps,
+                                                 horizon=c.get("kl_horizon", 10_000)))
+  else:
+    return beta
+  return min(max(beta, c.get("kl_coef_min", 0.0)), c.get("kl_coef_max", float("inf")))

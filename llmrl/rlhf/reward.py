@@ -91,14 +91,32 @@ def preference_arrays(examples: list[dict], tok, seq_len: int) -> dict:
           "scores": np.asarray([ex["scores"] for ex in examples], np.float32)}
 
 
-def split_heldout(examples: list[dict], fraction: float) -> tuple[list, list]:
-  """Deterministic (train, heldout) split of prompts: every 1/fraction-th prompt is held out."""
+def split_heldout(examples: list[dict], fraction: float,
+                  fact_fraction: float = 0.0) -> tuple[list, list, list]:
+  """Deterministic (train, heldout, unseen) split of ranked prompts.
+
+  unseen: every prompt about every 1/fact_fraction-th fact (by first
+  appearance), so the reward model never sees a ranking about those facts;
+  heldout: every 1/fraction-th of the other prompts (new wording and
+  candidates; with several prompts per fact their facts are usually ranked in
+  train). fact_fraction = 0 holds out no whole facts.
+  """
   if not 0 < fraction < 1:
     raise ConfigError(f"config.heldout_fraction={fraction} must be in (0, 1).")
+  if not 0 <= fact_fraction < 1:
+    raise ConfigError(f"config.heldout_fact_fraction={fact_fraction} must be in [0, 1).")
+  facts: dict[tuple, int] = {}
+  for ex in examples:
+    facts.setdefault((ex["subject"], ex["relation"]), len(facts))
+  every_fact = max(int(round(1 / fact_fraction)), 2) if fact_fraction else 0
+  is_unseen = lambda ex: bool(every_fact) and (  # noqa: E731
+      facts[(ex["subject"], ex["relation"])] % every_fact == every_fact - 1)
+  unseen = [ex for ex in examples if is_unseen(ex)]
+  rest = [ex for ex in examples if not is_unseen(ex)]
   every = max(int(round(1 / fraction)), 2)
-  heldout = [ex for i, ex in enumerate(examples) if i % every == every - 1]
-  train = [ex for i, ex in enumerate(examples) if i % every != every - 1]
-  return train, heldout
+  heldout = [ex for i, ex in enumerate(rest) if i % every == every - 1]
+  train = [ex for i, ex in enumerate(rest) if i % every != every - 1]
+  return train, heldout, unseen
 
 
 def make_rewards_fn(model: ScalarHeadModel, tuning: tuning_lib.Tuning | None = None):
@@ -126,7 +144,7 @@ def pairwise_accuracy(rewards: np.ndarray, scores: np.ndarray) -> float:
 
 
 def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
-  """(task, model, tokenizer, heldout arrays) for the reward model, from config.init_from (SFT)."""
+  """(task, model, tokenizer, {"heldout", "unseen_facts"?: arrays}) from config.init_from (SFT)."""
   tc = config.train
   if not config.init_from:
     raise ConfigError("config.init_from is empty: the reward model starts from an SFT "
@@ -143,10 +161,13 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
     shutil.copyfile(tok.path, os.path.join(workdir, "tokenizer.model"))
   model = ScalarHeadModel(model_cfg)
   tuning = make_tuning(config, model)
-  train_ex, heldout_ex = split_heldout(data_lib.examples(config.data, "preferences"),
-                                       config.heldout_fraction)
+  train_ex, heldout_ex, unseen_ex = split_heldout(
+      data_lib.examples(config.data, "preferences"), config.heldout_fraction,
+      config.get("heldout_fact_fraction", 0.0))
   arrays = preference_arrays(train_ex, tok, tc.seq_len)
-  heldout = preference_arrays(heldout_ex, tok, tc.seq_len)
+  heldout = {"heldout": preference_arrays(heldout_ex, tok, tc.seq_len)}
+  if unseen_ex:
+    heldout["unseen_facts"] = preference_arrays(unseen_ex, tok, tc.seq_len)
   batches = data_lib.example_batches(
       arrays, batch_size=local_batch_size(tc), shard_index=jax.process_index(),
       shard_count=jax.process_count(), seed=config.seed, key="preferences")
