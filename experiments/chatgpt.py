@@ -8,6 +8,7 @@ from experiments import launch
 
 
 def main(config, workdir):
+  from llmrl.config import write_config
   from llmrl.report import chatgpt as report
   from llmrl.rlhf import pipeline
   from llmrl.train.metrics import format_duration
@@ -23,7 +24,7 @@ def main(config, workdir):
     config.sft.init_from = dirs["pretrain"]
     config.reward_model.init_from = dirs["sft"]
     config.rlhf.sft_from, config.rlhf.rm_from = dirs["sft"], dirs["reward_model"]
-  pipeline.write_config(config, workdir)
+  write_config(config, workdir)
   t0, results = time.time(), {}
   for i, stage in enumerate(stages):
     elapsed = time.time() - t0

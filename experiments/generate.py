@@ -68,7 +68,7 @@ def main(config, workdir):
   import jax
   from llmrl.config import ConfigError
   from llmrl.decoding.text import complete
-  from llmrl.rlhf.pipeline import write_config
+  from llmrl.config import write_config
   log = logging.getLogger("llmrl")
   kwargs = _decode_kwargs(config.decoding)
   write_config(config, workdir)

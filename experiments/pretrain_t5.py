@@ -7,7 +7,7 @@ from experiments import launch
 
 def main(config, workdir):
   from llmrl.tasks import t5
-  from llmrl.rlhf.pipeline import write_config
+  from llmrl.config import write_config
   from llmrl.train import mesh as mesh_lib
   from llmrl.train import trainer
 

@@ -112,3 +112,14 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
     else:
       out[k] = str(v)
   return out
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Saves the resolved config as workdir/config.json (process 0 only)."""
+  import json
+
+  import jax
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(config_to_dict(config), f, indent=2, sort_keys=True)

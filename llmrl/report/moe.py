@@ -70,7 +70,7 @@ def evaluate(model, params, batches, num_batches: int) -> dict:
 
 def train_variant(config, workdir: str, name: str) -> dict:
   """Trains one variant in workdir/name; returns its sizes, FLOPs and held-out results."""
-  from llmrl.rlhf.pipeline import write_config
+  from llmrl.config import write_config
   from llmrl.tasks import lm
   from llmrl.train import mesh as mesh_lib
   from llmrl.train import trainer

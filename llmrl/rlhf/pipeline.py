@@ -14,20 +14,12 @@ import os
 import jax
 import numpy as np
 
-from llmrl.config import config_to_dict
+from llmrl.config import write_config
 from llmrl.models import GPT
 from llmrl.train import mesh as mesh_lib
 from llmrl.train import trainer
 
 log = logging.getLogger("llmrl")
-
-
-def write_config(config, workdir: str) -> None:
-  """Saves the resolved config as workdir/config.json (process 0 only)."""
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
 
 
 def _train(config, workdir: str, make_task) -> tuple[trainer.TrainResult, tuple]:
