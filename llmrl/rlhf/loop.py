@@ -33,8 +33,7 @@ from llmrl.train import mesh as mesh_lib
 from llmrl.train.checkpoint import Checkpointer
 from llmrl.train.metrics import MetricWriter, Progress
 from llmrl.train.optim import make_optimizer
-from llmrl.train.step import make_train_step
-from llmrl.train.trainer import NonFiniteError, setup_state
+from llmrl.train.trainer import NonFiniteError, jit_train_step, setup_state
 
 log = logging.getLogger("llmrl")
 
@@ -173,8 +172,8 @@ def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> 
   rm_params = copy(rm_params)
   score_fn = jax.jit(ppo.make_scorer(policy, critic, ScalarHeadModel(cfg), pc, tok.end_id, plen,
                                      forward))
-  step_fn = jax.jit(make_train_step(ppo.make_loss(policy, critic, pc, plen, forward), tx,
-                                    schedule), donate_argnums=0)
+  step_fn = jit_train_step(ppo.make_loss(policy, critic, pc, plen, forward), tx, schedule, 1,
+                           mesh, setup.shardings)  # the engine's sharded, donating step
   base_rng = jax.random.PRNGKey(config.seed + 1)
 
   def rollout(params, batch, it, beta, shift):
