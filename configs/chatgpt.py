@@ -6,6 +6,10 @@ Each stage trains in WORKDIR/<stage> and resumes there; the report is
 WORKDIR/report.md (+ report.json, losses.png, ppo.png).
 Target (issue 7): <= 10 min on 2 CPU cores; RM held-out accuracy >= 0.8; true reward
 after PPO > after SFT; hallucination rate lower after PPO; mean KL within 2x target.
+Measured (3 seeds, --config.seed=0/1/2; BUILD_NOTES "The default world and the reward
+model"): RM held-out 0.836 / 0.823 / 0.812 and KL within target on all three, but PPO
+does not yet beat SFT on the true reward (-0.03 to -0.16) and lowers hallucination on
+two of three; ~13 min estimated on an idle 2-core CPU (37 min with three side by side).
 
 Presets: `tiny` (smoke test, ~90 s): every stage shrunk to a few steps.
   `gpt2_small`: the pod shape: a GPT-2-small-sized policy (12 layers x 768, 12
@@ -63,8 +67,8 @@ def _laptop(c: ml_collections.ConfigDict) -> None:
   c.reward_model.heldout_fact_fraction = 0.05
   c.reward_model.train.update(seq_len=80, steps=800, log_every=50, checkpoint_every=800)
   c.reward_model.optim.learning_rate = 3e-4
-  c.rlhf.optim.learning_rate = 1e-4
-  c.rlhf.ppo.update(kl_target=2.0, kl_coef_min=0.01, kl_coef_max=4.0)
+  c.rlhf.optim.learning_rate = 3e-5  # 1e-4 degraded the policy (BUILD_NOTES), 1e-5 barely moved
+  c.rlhf.ppo.update(kl_target=1.0, kl_coef_min=0.01, kl_coef_max=4.0)
 
 
 def _gpt2_small(c: ml_collections.ConfigDict) -> None:
