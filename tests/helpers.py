@@ -77,3 +77,12 @@ def generated_rows(out, pad_id: int) -> list[list[int]]:
   for row, n in zip(tokens, lengths):
     assert (row[n:] == pad_id).all()  # pad_id after EOS
   return [row[:n].tolist() for row, n in zip(tokens, lengths)]
+
+
+def left_pad_torch(prompts: list[list[int]], pad_id: int):
+  """Left-padded torch (input_ids, attention_mask) [b, p] for transformers' generate."""
+  import torch
+  p = max(len(r) for r in prompts)
+  ids = torch.tensor([[pad_id] * (p - len(r)) + r for r in prompts])
+  mask = torch.tensor([[0] * (p - len(r)) + [1] * len(r) for r in prompts])
+  return ids, mask

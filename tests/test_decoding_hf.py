@@ -12,7 +12,7 @@ import pytest
 
 from llmrl import decoding
 from llmrl.interop import hf
-from tests.helpers import generated_rows
+from tests.helpers import generated_rows, left_pad_torch
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -50,15 +50,8 @@ def _hf_model(style: str):
   return model
 
 
-def _left_pad(prompts):
-  p = max(len(r) for r in prompts)
-  ids = torch.tensor([[PAD] * (p - len(r)) + r for r in prompts])
-  mask = torch.tensor([[0] * (p - len(r)) + [1] * len(r) for r in prompts])
-  return ids, mask
-
-
 def _hf_generate(model, eos, **kw):
-  ids, mask = _left_pad(PROMPTS)
+  ids, mask = left_pad_torch(PROMPTS, PAD)
   with torch.no_grad():
     out = model.generate(
       input_ids=ids,

@@ -101,6 +101,8 @@ def test_heldout_split_keeps_unseen_facts_out_of_training():
   assert unseen1 == [] and len(heldout1) == 6 and len(train1) == 54
   with pytest.raises(ConfigError, match="heldout_fact_fraction=1.5"):
     reward.split_heldout(exs, 0.1, 1.5)
+  with pytest.raises(ConfigError, match="leaves 3 for training and 0 held out"):
+    reward.split_heldout(exs[:3], 0.1)
 
 
 def test_reward_is_read_at_the_last_real_token_with_padding():

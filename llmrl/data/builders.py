@@ -128,7 +128,10 @@ class WorldConfig(tfds.core.BuilderConfig):
 
   @property
   def text_id(self) -> str:
-    """Names what the text splits depend on (not the preference settings): tokenizers are keyed by it."""
+    """Names what the text splits depend on (not the preference settings).
+
+    Tokenizers are keyed by it.
+    """
     return f"seed{self.world_seed}_people{self.num_people}"
 
 
@@ -158,7 +161,9 @@ class SyntheticWorld(_LocalBuilder):
     splits = {s: self._generate_examples(self._documents(w, s)) for s in ("pretrain", "validation")}
     for s in qa.QA_SPLITS:
       splits[s] = self._generate_examples(self._qa(w, s))
-    splits["preferences"] = self._generate_examples(self._preferences(w, c.num_responses, c.prompts_per_fact))
+    splits["preferences"] = self._generate_examples(
+      self._preferences(w, c.num_responses, c.prompts_per_fact)
+    )
     return splits
 
   @staticmethod

@@ -209,7 +209,9 @@ def candidates(
   return out
 
 
-def preference_examples(world: World, num_responses: int = 4, prompts_per_fact: int = 1) -> list[dict]:
+def preference_examples(
+  world: World, num_responses: int = 4, prompts_per_fact: int = 1
+) -> list[dict]:
   """Ranked prompts about every SFT fact: prompt, K responses, labeler scores and ranks.
 
   Each fact gets `prompts_per_fact` prompts, each with its own question wording

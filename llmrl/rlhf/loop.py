@@ -49,7 +49,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check_enum("ppo.kl_estimator", p.kl_estimator, ("k1", "k2", "k3"))
   if not 0 <= p.kl_coef_min <= p.kl_coef <= p.kl_coef_max:
     raise ConfigError(f"config.ppo.kl_coef={p.kl_coef} must lie in [kl_coef_min, kl_coef_max] = "
-                      f"[{p.kl_coef_min}, {p.kl_coef_max}] (the range the KL controller keeps β in).")
+                      f"[{p.kl_coef_min}, {p.kl_coef_max}] (the range the KL controller keeps β "
+                      "in).")
   check_divides("config.ppo.minibatches", p.minibatches, "config.ppo.rollout_batch",
                 p.rollout_batch, "each epoch splits the rollout into equal minibatches")
   if p.get("ptx_coef", 0.0) < 0:

@@ -86,9 +86,8 @@ def reward_model(config, workdir: str) -> dict:
   rewards_fn = jax.jit(reward.make_rewards_fn(model, reward.make_tuning(config, model)))
   params = jax.device_get(result.state.params)
   evals, counts = {}, {}
-  for name, arrays in heldout.items():  # held-out prompts; prompts about unseen facts
+  for key, arrays in heldout.items():  # held-out prompts; prompts about unseen facts
     rewards = rewards_fn(params, {k: arrays[k] for k in ("inputs", "segment_ids", "last")})
-    key = "heldout_accuracy" if name == "heldout" else "unseen_fact_accuracy"
     evals[key] = reward.pairwise_accuracy(np.asarray(rewards), arrays["scores"])
     counts[key] = int(len(arrays["scores"]))
     log.info("reward_model.%s = %.3f over %d prompts", key, evals[key], counts[key])

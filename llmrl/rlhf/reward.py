@@ -116,6 +116,12 @@ def split_heldout(examples: list[dict], fraction: float,
   every = max(int(round(1 / fraction)), 2)
   heldout = [ex for i, ex in enumerate(rest) if i % every == every - 1]
   train = [ex for i, ex in enumerate(rest) if i % every != every - 1]
+  if not train or not heldout:
+    raise ConfigError(
+        f"the reward-model split of {len(examples)} ranked prompts leaves {len(train)} for "
+        f"training and {len(heldout)} held out (config.heldout_fraction={fraction}, "
+        f"config.heldout_fact_fraction={fact_fraction}); lower the fractions or use a larger "
+        "world (config.data.world_size).")
   return train, heldout, unseen
 
 
@@ -144,7 +150,11 @@ def pairwise_accuracy(rewards: np.ndarray, scores: np.ndarray) -> float:
 
 
 def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
-  """(task, model, tokenizer, {"heldout", "unseen_facts"?: arrays}) from config.init_from (SFT)."""
+  """(task, model, tokenizer, held-out arrays by metric name) from config.init_from (SFT).
+
+  The held-out arrays: "heldout_accuracy" (held-out prompts) and, with
+  config.heldout_fact_fraction > 0, "unseen_fact_accuracy" (whole facts held out).
+  """
   tc = config.train
   if not config.init_from:
     raise ConfigError("config.init_from is empty: the reward model starts from an SFT "
@@ -165,9 +175,9 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
       data_lib.examples(config.data, "preferences"), config.heldout_fraction,
       config.get("heldout_fact_fraction", 0.0))
   arrays = preference_arrays(train_ex, tok, tc.seq_len)
-  heldout = {"heldout": preference_arrays(heldout_ex, tok, tc.seq_len)}
+  heldout = {"heldout_accuracy": preference_arrays(heldout_ex, tok, tc.seq_len)}
   if unseen_ex:
-    heldout["unseen_facts"] = preference_arrays(unseen_ex, tok, tc.seq_len)
+    heldout["unseen_fact_accuracy"] = preference_arrays(unseen_ex, tok, tc.seq_len)
   batches = data_lib.example_batches(
       arrays, batch_size=local_batch_size(tc), shard_index=jax.process_index(),
       shard_count=jax.process_count(), seed=config.seed, key="preferences")
