@@ -80,6 +80,12 @@ def select_beams(tree, parents):
   return jax.tree.map(lambda x: x if jnp.ndim(x) == 0 else _select(x, parents), tree)
 
 
+def _has_leaf(tree, name: str) -> bool:
+  """Whether a (nested dict) pytree has a leaf called `name` (static: tree structure)."""
+  paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return any(str(getattr(path[-1], "key", "")) == name for path, _ in paths)
+
+
 def prompt_positions(mask):
   """mask [b, p] (1 = real, left padding) -> positions [b, p], 0 at the first real token."""
   return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
@@ -147,9 +153,43 @@ class CachedDecoder:
     }
     return logits.astype(jnp.float32), state
 
+  def beam_prefill(self, params, ids, mask, max_new_tokens: int, num_beams: int):
+    """Prefill for beam search: (logits [b * k, vocab], state) with a "beam" layout cache.
+
+    The prompts are prefilled once; each layer's values become [b, kvh,
+    len * k, d] and keys [b, kvh, d, len * k] (every beam a copy of the
+    prompt's) plus a cached_parent table
+    [b * k, len] of zeros, so steps never move the cache (`select_beams` then
+    reorders only the tables).
+    """
+    logits, state = self.prefill(params, ids, mask, max_new_tokens)
+    k = num_beams
+    rows = lambda x: jnp.repeat(x, k, axis=0)  # noqa: E731 - [b, ...] -> [b * k, ...]
+
+    def convert(node):
+      if "cached_key" not in node:
+        return {n: convert(x) if isinstance(x, dict) else x for n, x in node.items()}
+
+      def beam_kv(x):  # [b, kvh, len, d] -> [b, kvh, len * k, d]: slot s of beam j at s * k + j
+        return jnp.repeat(x, k, axis=2)
+
+      return dict(
+        node,
+        cached_key=jnp.swapaxes(beam_kv(node["cached_key"]), 2, 3),  # [b, kvh, d, len * k]
+        cached_value=beam_kv(node["cached_value"]),
+        cached_segment=rows(node["cached_segment"]),  # [b * k, len]
+        cached_parent=jnp.zeros(rows(node["cached_segment"]).shape, jnp.int32),  # [b * k, len]
+      )
+
+    state = dict(state, cache=convert(dict(state["cache"])), position=rows(state["position"]))
+    return rows(logits), state
+
   def step(self, params, state, tokens):
     b = tokens.shape[0]
-    logits, variables = self.decode_model.apply(
+    model = self.decode_model
+    if _has_leaf(state["cache"], "cached_parent"):  # beam search's cache (beam_prefill)
+      model = GPT(self.decode_config.replace(cache_layout="beam"))
+    logits, variables = model.apply(
       {"params": self._params(params), "cache": state["cache"]},
       tokens[:, None],  # [b, 1]
       state["position"][:, None],  # [b, 1]
@@ -169,6 +209,11 @@ class CachedDecoder:
     """
     leaves, tree = jax.tree_util.tree_flatten_with_path(state["cache"])
     names = [str(getattr(path[-1], "key", "")) for path, _ in leaves]
+    if "cached_parent" in names:  # beam layout (beam_prefill): only the parent tables move
+      values = [
+        _select(x, parents) if n == "cached_parent" else x for n, (_, x) in zip(names, leaves)
+      ]
+      return dict(state, cache=jax.tree_util.tree_unflatten(tree, values))
     kv = [i for i, n in enumerate(names) if n in ("cached_key", "cached_value")]
     written = next(x for n, (_, x) in zip(names, leaves) if n == "cache_index")
     start = state["prompt_len"]

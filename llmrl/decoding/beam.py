@@ -128,9 +128,13 @@ def _logprobs(logits, t, s: Settings, k: Knobs):
 def beam_search(adapter, params, ids, mask, s: Settings, k: Knobs) -> GenerateOutput:
   """Beam search for left-padded prompts ids/mask [b, p]; returns the best num_return_sequences."""
   b, nb, t_max = ids.shape[0], s.num_beams, s.max_new_tokens
-  logits, state = adapter.prefill(params, ids, mask, t_max)  # prefill each prompt once
-  rows = jnp.repeat(jnp.arange(b), nb)  # [b * k]: every beam starts from its prompt
-  logits, state = logits[rows], gather_rows(state, rows)
+  beam_prefill = getattr(adapter, "beam_prefill", None)
+  if beam_prefill is not None:  # the adapter lays out its own beam state (rows b * k)
+    logits, state = beam_prefill(params, ids, mask, t_max, nb)
+  else:
+    logits, state = adapter.prefill(params, ids, mask, t_max)  # prefill each prompt once
+    rows = jnp.repeat(jnp.arange(b), nb)  # [b * k]: every beam starts from its prompt
+    logits, state = logits[rows], gather_rows(state, rows)
   empty = jnp.full((b, nb, t_max), s.pad_id, jnp.int32)
   zeros = jnp.zeros((b, nb, t_max), jnp.float32)
   bm = _Beams(

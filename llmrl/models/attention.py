@@ -256,20 +256,24 @@ class Attention(nn.Module):
     elif self.decode:
       q_index, k_index, k, v, q_seg, k_seg = self._update_cache(k, v, segment_ids)
 
-    out = attend(
-      q,
-      k,
-      v,
-      q_index,
-      k_index,
-      q_seg,
-      k_seg,
-      causal=self.causal,
-      impl=self.impl,
-      block_size=self.block_size,
-      bias=bias,
-      scale=self.scale,
-    )  # [b, l, h, d]
+    if self.decode and self.cache_layout == "beam" and not cross:
+      # k_index is the beam cache's cached_parent table here (see _update_beam_cache)
+      out = beam_cache_attention(q, k, v, k_index, q_index, q_seg, k_seg, self.scale)
+    else:
+      out = attend(
+        q,
+        k,
+        v,
+        q_index,
+        k_index,
+        q_seg,
+        k_seg,
+        causal=self.causal,
+        impl=self.impl,
+        block_size=self.block_size,
+        bias=bias,
+        scale=self.scale,
+      )  # [b, l, h, d]
     return Dense(
       features=x.shape[-1],
       in_axes=2,
@@ -286,6 +290,8 @@ class Attention(nn.Module):
     b, length = k.shape[:2]
     if segment_ids is None:
       segment_ids = jnp.ones((b, length), jnp.int32)
+    if self.cache_layout == "beam":
+      return self._update_beam_cache(k, v, segment_ids)
     initialized = self.has_variable("cache", "cached_key")
     # head_major stores [b, kvh, len, d]: the attention einsums then read the
     # cache in place instead of transposing all of it at every decoding step.
@@ -314,3 +320,80 @@ class Attention(nn.Module):
       keys, values = jnp.swapaxes(keys, 1, 2), jnp.swapaxes(values, 1, 2)
     k_index = jnp.arange(keys.shape[1])  # [cache_len]: max_len, or shorter if the caller sized it
     return i + q_index, k_index, keys, values, segment_ids, cs.value
+
+  def _update_beam_cache(self, k, v, segment_ids):
+    """Beam-search cache ("beam" layout): write one step's k/v per beam, never reorder.
+
+    The cache (made by llmrl.decoding from a prefilled head_major cache, not
+    by init) holds cached_value [prompts, kvh, len * beams, d] (slot s of beam
+    j at s * beams + j, written by beam j) and cached_key transposed [prompts,
+    kvh, d, len * beams] (the score matmul then reads it in place); cached_parent
+    [rows, len] says, for row = prompt * beams + beam, which beam of its
+    prompt wrote the key/value of its own history at each slot (0 for the
+    shared prompt slots). The decoding loop reorders only cached_parent when
+    beams change parents. Returns (q_index, cached_parent, keys, values,
+    q_segment, k_segment) for `beam_cache_attention`.
+    """
+    b, length = k.shape[:2]
+    if not self.has_variable("cache", "cached_key"):
+      raise ValueError(
+        "cache_layout='beam' has no cache to create: llmrl.decoding builds it from a prefilled "
+        "head_major cache; prefill with cache_layout='head_major'"
+      )
+    if length != 1:
+      raise ValueError(f"cache_layout='beam' decodes one token per call, got {length}")
+    ck = self.variable("cache", "cached_key", None)
+    cv = self.variable("cache", "cached_value", None)
+    cs = self.variable("cache", "cached_segment", None)
+    cp = self.variable("cache", "cached_parent", None)
+    ci = self.variable("cache", "cache_index", None)
+    prompts, beams = ck.value.shape[0], b // ck.value.shape[0]
+    i = ci.value
+
+    def put(cache, x, keys):  # x [rows, 1, kvh, d] -> cache at slot i
+      x = jnp.swapaxes(x.reshape(prompts, beams, self.num_kv_heads, self.head_dim), 1, 2)
+      at = (0, 0, i * beams, 0)  # values [prompts, kvh, len * beams, d]
+      if keys:  # keys [prompts, kvh, d, len * beams]
+        x, at = jnp.swapaxes(x, 2, 3), (0, 0, 0, i * beams)
+      return jax.lax.dynamic_update_slice(cache, x.astype(cache.dtype), at)
+
+    ck.value, cv.value = put(ck.value, k, True), put(cv.value, v, False)
+    cs.value = jax.lax.dynamic_update_slice(cs.value, segment_ids.astype(jnp.int32), (0, i))
+    own = (jnp.arange(b, dtype=jnp.int32) % beams)[:, None]  # [rows, 1]: rows write their beam
+    cp.value = jax.lax.dynamic_update_slice(cp.value, own, (0, i))
+    ci.value = i + 1
+    return i + jnp.arange(1), cp.value, ck.value, cv.value, segment_ids, cs.value
+
+
+def beam_cache_attention(q, keys, values, parent, q_index, q_segment, k_segment, scale=None):
+  """One decoding step of attention over a beam cache that is never reordered.
+
+  q [rows, 1, h, d] (row = prompt * beams + beam); values [prompts, kvh,
+  len * beams, d] (slot s of beam j at s * beams + j), keys the same but
+  transposed [prompts, kvh, d, len * beams]; parent [rows, len]: the
+  beam of the row's prompt whose keys/values are the row's history at each
+  slot. Every query is scored against all beams' keys of its prompt in one
+  batched matmul (no gather); keys of other beams than the slot's parent are
+  masked, so the softmax and the values matmul see exactly the row's history.
+  q_index [1]: the query's slot; segments [rows, 1] / [rows, len] as in
+  `make_mask`.
+  """
+  rows, _, h, d = q.shape
+  prompts, kvh = keys.shape[:2]
+  beams, length = rows // prompts, parent.shape[1]
+  g = h // kvh
+  scale = d**-0.5 if scale is None else scale
+  qg = jnp.swapaxes(q.reshape(prompts, beams, kvh, g, d), 1, 2)  # [p, kvh, k, g, d]
+  qg = qg.reshape(prompts, kvh, beams * g, d)
+  scores = jnp.einsum(
+    "bnqd,bnds->bnqs", qg, keys, preferred_element_type=jnp.float32
+  )  # [p, kvh, k * g, len * k]
+  scores = scores.reshape(prompts, kvh, beams, g, length * beams) * scale
+  visible = (k_segment == q_segment) & (jnp.arange(length)[None] <= q_index[0])  # [rows, len]
+  own = parent[:, :, None] == jnp.arange(beams)[None, None, :]  # [rows, len, k]
+  visible = (own & visible[:, :, None]).reshape(prompts, 1, beams, 1, length * beams)
+  probs = jax.nn.softmax(jnp.where(visible, scores, _NEG), axis=-1)  # [p, kvh, k, g, len * k]
+  probs = probs.reshape(prompts, kvh, beams * g, length * beams).astype(values.dtype)
+  out = jnp.einsum("bnqs,bnsd->bnqd", probs, values)  # [p, kvh, k * g, d]
+  out = jnp.swapaxes(out.reshape(prompts, kvh, beams, g, d), 1, 2)  # [p, k, kvh, g, d]
+  return out.reshape(rows, 1, h, d)

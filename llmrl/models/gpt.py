@@ -34,7 +34,7 @@ from llmrl.models.moe import MoE, MoEConfig
 STYLES = ("gpt2", "llama")
 POSITION_EMBEDDINGS = ("learned", "rope", "none")
 REMAT = ("none", "full", "dots")
-CACHE_LAYOUTS = ("length_major", "head_major")
+CACHE_LAYOUTS = ("length_major", "head_major", "beam")
 _STYLE_DEFAULTS = {  # norm, mlp, position_embedding, use_bias
   "gpt2": ("layernorm", "gelu", "learned", True),
   "llama": ("rmsnorm", "swiglu", "rope", False),
@@ -94,7 +94,9 @@ class GPTConfig:
   # Incremental decoding with a KV cache (the "cache" collection).
   decode: bool = False
   # KV cache layout: "length_major" [b, len, kv_heads, head_dim] or "head_major"
-  # [b, kv_heads, len, head_dim] (faster on CPU: no per-step cache transposes).
+  # [b, kv_heads, len, head_dim] (faster on CPU: no per-step cache transposes), or
+  # "beam": beam search's never-reordered cache built by llmrl.decoding (see
+  # Attention._update_beam_cache; one token per call, not creatable by init).
   cache_layout: str = "length_major"
   # Mixture-of-experts feed-forward blocks (None = dense MLPs everywhere; see llmrl.models.moe).
   moe: Optional[MoEConfig] = None
