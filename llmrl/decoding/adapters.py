@@ -10,7 +10,10 @@ The loops in `llmrl.decoding` never call a model directly; they talk to a
 whose array leaves have the batch on axis 0 (scalars are shared), e.g. a KV
 cache. The loops move its rows themselves (`gather_rows` repeats prompts for
 beams and num_return_sequences, `select_beams` follows beam parents); an
-adapter may define `select_beams(state, parents)` to do the latter faster.
+adapter may define `select_beams(state, parents)` to do the latter faster,
+and `beam_prefill(params, ids, mask, max_new_tokens, num_beams)` to lay out
+its own beam state (rows b * num_beams; `CachedDecoder` uses it for a KV
+cache that is never reordered: only per-slot parent tables move).
 
 Decoder-only (here): the left-padded prompt is prefilled into a KV cache of
 p + max_new_tokens slots; positions restart at 0 at each row's first real
