@@ -1,7 +1,12 @@
 """Action distributions as small pytrees: Categorical (discrete) and DiagGaussian.
 
 Both have sample(key), log_prob(action), entropy(), mode() and kl(other) =
-KL(self || other), batched over leading axes.
+KL(self || other), batched over leading axes. `noise(key, lead)` draws the
+randomness of `lead`-many samples at once and `sample_from(noise)` turns one
+slice of it into actions (sample_from(noise(key)) has sample(key)'s
+distribution): a rollout draws a whole trajectory's noise in one call, since
+on CPU every random draw is a small loop (threefry) that costs more than the
+tiny networks themselves.
 """
 
 from __future__ import annotations
@@ -24,6 +29,14 @@ class Categorical:
   def sample(self, key):
     return jax.random.categorical(key, self.logits)
 
+  def noise(self, key, lead=()):
+    """Gumbel noise [*lead, ..., num_actions] (works on a jax.eval_shape'd instance)."""
+    return jax.random.gumbel(key, (*lead, *self.logits.shape), self.logits.dtype)
+
+  def sample_from(self, noise):
+    """The Gumbel-max trick: argmax(logits + Gumbel noise) ~ Categorical(logits)."""
+    return jnp.argmax(self.logits + noise, axis=-1)
+
   def log_prob(self, action):
     # A one-hot product fuses with the softmax (a gather does not, on CPU).
     onehot = jax.nn.one_hot(action, self.logits.shape[-1], dtype=self.logits.dtype)
@@ -45,7 +58,14 @@ class DiagGaussian:
   log_std: jax.Array  # [..., action_dim] (broadcast)
 
   def sample(self, key):
-    return self.mean + jnp.exp(self.log_std) * jax.random.normal(key, self.mean.shape)
+    return self.sample_from(jax.random.normal(key, self.mean.shape))
+
+  def noise(self, key, lead=()):
+    """Standard normal noise [*lead, ..., action_dim] (works on a jax.eval_shape'd instance)."""
+    return jax.random.normal(key, (*lead, *self.mean.shape), self.mean.dtype)
+
+  def sample_from(self, noise):
+    return self.mean + jnp.exp(self.log_std) * noise
 
   def log_prob(self, action):
     z = (action - self.mean) * jnp.exp(-self.log_std)

@@ -55,8 +55,12 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
   max_eval_steps = int(t.eval_max_steps)
 
   def evaluate(state, key, episodes):
-    act = lambda obs, k: algo.act(state, obs, k, greedy)
-    return rollout.evaluate(env, env_params, act, key, episodes, max_eval_steps)
+    if algo.policy is None or greedy:
+      act = lambda obs, k: algo.act(state, obs, k, greedy)
+      return rollout.evaluate(env, env_params, act, key, episodes, max_eval_steps)
+    act = lambda obs, noise: algo.act(state, obs, None, False, noise=noise)
+    noise = lambda obs, k, n: jax.eval_shape(algo.policy, state, obs).noise(k, (n,))
+    return rollout.evaluate(env, env_params, act, key, episodes, max_eval_steps, noise=noise)
 
   def run_chunk(state, n):
     state, metrics = jax.lax.scan(lambda s, _: algo.update(s), state, None, length=n)

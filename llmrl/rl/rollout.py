@@ -40,8 +40,23 @@ class EnvRunner(NamedTuple):
     keys = jax.random.split(key, self.num_envs)
     return jax.vmap(self.env.reset, in_axes=(0, None))(keys, self.params)
 
-  def step(self, keys, state, action):
-    return jax.vmap(self.env.step, in_axes=(0, 0, 0, None))(keys, state, action, self.params)
+  def step(self, keys, state, action, reset=None):
+    """keys [N], action [N, ...]; `reset` [N, ...] from `presample_resets` or None."""
+    if reset is None:
+      return jax.vmap(self.env.step, in_axes=(0, 0, 0, None))(keys, state, action, self.params)
+    return jax.vmap(lambda k, s, a, r: self.env.step(k, s, a, self.params, reset=r))(
+        keys, state, action, reset)
+
+  def presample_resets(self, key, num_steps: int):
+    """(obs, state) of `env.reset` for every step and environment, leaves [T, N, ...].
+
+    Drawn in one batched call before a rollout; step t's environments that end
+    an episode start the next one from slice t.
+    """
+    base = self.env.env.env  # EpisodeStats(AutoReset(env))
+    keys = jax.random.split(key, num_steps * self.num_envs)
+    reset = jax.vmap(base.reset, in_axes=(0, None))(keys, self.params)
+    return jax.tree.map(lambda x: x.reshape(num_steps, self.num_envs, *x.shape[1:]), reset)
 
 
 def collect(runner: EnvRunner, policy: Callable, params, env_state, obs,
@@ -56,20 +71,25 @@ def collect(runner: EnvRunner, policy: Callable, params, env_state, obs,
   (see `episode_metrics`).
   """
   n = runner.num_envs
-  keys = jax.random.split(key, num_steps * (n + 1)).reshape(num_steps, n + 1, -1)
+  k_env, k_reset, k_act = jax.random.split(key, 3)
+  # All the rollout's randomness in three batched draws (a random draw per step
+  # is a threefry loop each on CPU, dearer than the step itself); the env keys
+  # are dropped by XLA for deterministic environments such as CartPole.
+  env_keys = jax.random.split(k_env, num_steps * n).reshape(num_steps, n, -1)
+  resets = runner.presample_resets(k_reset, num_steps)
+  prep = lambda stats, o: norm_lib.normalize(stats, o) if normalize_obs else o
+  noise = jax.eval_shape(policy, params, prep(obs_stats, obs)).noise(k_act, (num_steps,))
 
-  def prep(stats, o):
-    return norm_lib.normalize(stats, o) if normalize_obs else o
-
-  def step(carry, step_keys):
+  def step(carry, xs):
     env_state, obs, stats, ep = carry
+    keys_t, reset_t, noise_t = xs
     x = prep(stats, obs)
     dist = policy(params, x)
-    action = dist.sample(step_keys[0])
+    action = dist.sample_from(noise_t)
     logp = dist.log_prob(action)
     env_action = action if clip_actions is None else jnp.clip(action, *clip_actions)
     next_obs, env_state, reward, terminated, truncated, info = runner.step(
-        step_keys[1:], env_state, env_action)
+        keys_t, env_state, env_action, reset_t)
     if normalize_obs:
       stats = norm_lib.update_stats(stats, next_obs)
     done = terminated | truncated
@@ -83,7 +103,7 @@ def collect(runner: EnvRunner, policy: Callable, params, env_state, obs,
   ep0 = {"sum/episode_return": jnp.float32(0), "sum/episode_length": jnp.int32(0),
          "sum/episodes": jnp.int32(0)}
   (env_state, obs, obs_stats, ep), ro = jax.lax.scan(
-      step, (env_state, obs, obs_stats, ep0), keys)
+      step, (env_state, obs, obs_stats, ep0), (env_keys, resets, noise))
   ep = {k: v.astype(jnp.float32) for k, v in ep.items()}
   return env_state, obs, obs_stats, ro, ep
 
@@ -100,33 +120,56 @@ def values_and_rewards(ro: Rollout, value_fn: Callable, gamma: float):
   return v[0], ro.reward + gamma * jnp.where(ro.truncated, v[1], 0.0)
 
 
-def evaluate(env, env_params, act: Callable, key, episodes: int, max_steps: int = 100_000):
+def evaluate(env, env_params, act: Callable, key, episodes: int, max_steps: int = 100_000,
+             noise: Callable | None = None, block: int = 32):
   """Undiscounted returns [episodes] of `act(obs [E, ...], key) -> actions [E, ...]`.
 
   Runs `episodes` environments in parallel until each finishes its first
-  episode (terminated or truncated) or `max_steps` pass.
+  episode (terminated or truncated) or `max_steps` pass. With `noise(obs, key,
+  n) -> sampling noise for n steps [n, E, ...]`, `act(obs, noise [E, ...])` is
+  called instead, and the noise and environment keys are drawn once per
+  `block` steps (on CPU a random draw per step costs more than the step).
   """
   k_reset, k_loop = jax.random.split(key)
   obs, state = jax.vmap(env.reset, in_axes=(0, None))(
       jax.random.split(k_reset, episodes), env_params)
   step_env = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
-  def cond(c):
-    t, _, _, _, done, _, _ = c
-    return (t < max_steps) & ~jnp.all(done)
-
-  def body(c):
+  def env_step(c, action, env_keys):
     t, obs, state, ret, done, length, key = c
-    key, k_act, k_env = jax.random.split(key, 3)
-    action = act(obs, k_act)
-    obs2, state2, reward, term, trunc, _ = step_env(
-        jax.random.split(k_env, episodes), state, action, env_params)
+    obs2, state2, reward, term, trunc, _ = step_env(env_keys, state, action, env_params)
     live = ~done
     ret = ret + jnp.where(live, reward, 0.0)
     length = length + live.astype(jnp.int32)
     return t + 1, obs2, state2, ret, done | term | trunc, length, key
 
+  def cond(c):
+    t, _, _, _, done, _, _ = c
+    return (t < max_steps) & ~jnp.all(done)
+
+  def body(c):
+    key, k_act, k_env = jax.random.split(c[-1], 3)
+    c = (*c[:-1], key)
+    return env_step(c, act(c[1], k_act), jax.random.split(k_env, episodes))
+
+  def block_body(c):
+    key, k_noise, k_env = jax.random.split(c[-1], 3)
+    c = (*c[:-1], key)
+    draws = noise(c[1], k_noise, block)
+    env_keys = jax.random.split(k_env, block * episodes).reshape(block, episodes, -1)
+    t0 = c[0]
+
+    def inner_cond(ci):
+      return cond(ci) & (ci[0] - t0 < block)
+
+    def inner(ci):
+      i = ci[0] - t0
+      return env_step(ci, act(ci[1], jax.tree.map(lambda x: x[i], draws)), env_keys[i])
+
+    return jax.lax.while_loop(inner_cond, inner, c)
+
   init = (jnp.int32(0), obs, state, jnp.zeros(episodes), jnp.zeros(episodes, bool),
           jnp.zeros(episodes, jnp.int32), k_loop)
-  _, _, _, ret, _, length, _ = jax.lax.while_loop(cond, body, init)
+  out = jax.lax.while_loop(cond, body if noise is None else block_body, init)
+  _, _, _, ret, _, length, _ = out
   return ret, length

@@ -21,12 +21,16 @@ class Algorithm(NamedTuple):
   environment steps) and returns a flat dict of scalar metrics; keys starting
   with "sum/" are summed over a logging chunk, the rest averaged.
   `act(state, obs [E, ...], key, greedy) -> actions [E, ...]` is the policy
-  used for evaluation.
+  used for evaluation. Policy-gradient algorithms also give
+  `policy(state, obs) -> distribution`, and their `act` takes `noise=` (from
+  the distribution's `noise`) in place of the key: evaluation then draws its
+  sampling noise for many steps at once (see rollout.evaluate).
   """
   init: Callable[[jax.Array], Any]
   update: Callable[[Any], tuple[Any, dict]]
-  act: Callable[[Any, jax.Array, jax.Array, bool], jax.Array]
+  act: Callable[..., jax.Array]
   steps_per_update: int
+  policy: Callable[[Any, jax.Array], Any] | None = None
 
 
 def env_info(env, env_params) -> dict:
@@ -86,6 +90,30 @@ def current_lr(c: ml_collections.ConfigDict, opt_step: jax.Array, total_opt_step
   return jnp.float32(c.learning_rate)
 
 
+def permutation(key: jax.Array, n: int) -> jax.Array:
+  """A uniformly random permutation of range(n) [n] int32; ~5x cheaper than
+  jax.random.permutation on CPU.
+
+  jax.random.permutation sorts (key, value) pairs, and XLA's CPU sort calls
+  the compiled comparator per comparison (~110 us for n=500, about 10% of a
+  PPO run on CartPole). Here each index is packed into the low bits of its
+  random key, so one plain uint32 sort (XLA's fast path) orders them. Equal
+  random high bits would fall back to index order, so two rounds are
+  composed: a pair keeps a non-random order only if it ties in both
+  (probability ~n^2 / 2^(2 (32 - bits)), 2e-9 for n=500).
+  """
+  b = max(int(n - 1).bit_length(), 1)
+  if b > 16:
+    return jax.random.permutation(key, n)
+  idx = jnp.arange(n, dtype=jnp.uint32)
+  low = jnp.uint32((1 << b) - 1)
+  bits = jax.random.bits(key, (2, n), jnp.uint32)
+  perm = idx
+  for r in range(2):
+    perm = perm[jax.lax.sort((bits[r] & ~low) | idx) & low]
+  return perm.astype(jnp.int32)
+
+
 def flat_params(net, sample_obs: jax.Array):
   """(init(key) -> flat param vector, unravel(flat) -> params pytree) for a Flax module.
 
@@ -102,3 +130,4 @@ def flat_params(net, sample_obs: jax.Array):
     return ravel_pytree(net.init(key, sample_obs)["params"])[0]
 
   return init, unravel
+

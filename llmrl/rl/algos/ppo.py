@@ -156,7 +156,7 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
                    adv.reshape(batch_size), ret.reshape(batch_size), old_dist)
 
     def epoch(carry, key):
-      perm = jax.random.permutation(key, batch_size)
+      perm = base.permutation(key, batch_size)
       mbs = jax.tree.map(  # [minibatches, mb_size, ...]
           lambda x: x[perm].reshape(c.minibatches, mb_size, *x.shape[1:]), batch)
       return jax.lax.scan(minibatch_step, carry, mbs)
@@ -180,9 +180,12 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
     new = PPOState(params, opt_state, env_state, obs, stats_obs, beta, rng)
     return new, metrics
 
-  def act(s: PPOState, obs, key, greedy: bool):
-    dist = policy(s.params, prep(s.obs_stats, obs))
-    a = dist.mode() if greedy else dist.sample(key)
+  def act_policy(s: PPOState, obs):
+    return policy(s.params, prep(s.obs_stats, obs))
+
+  def act(s: PPOState, obs, key, greedy: bool, noise=None):
+    dist = act_policy(s, obs)
+    a = dist.mode() if greedy else dist.sample(key) if noise is None else dist.sample_from(noise)
     return a if info["clip_actions"] is None else jnp.clip(a, *info["clip_actions"])
 
-  return base.Algorithm(init, update, act, batch_size)
+  return base.Algorithm(init, update, act, batch_size, act_policy)

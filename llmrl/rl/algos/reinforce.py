@@ -105,9 +105,12 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
     metrics.update(episodes)
     return ReinforceState(params, opt_state, env_state, obs, stats_obs, rng), metrics
 
-  def act(s: ReinforceState, obs, key, greedy: bool):
-    dist = policy(s.params, prep(s.obs_stats, obs))
-    a = dist.mode() if greedy else dist.sample(key)
+  def act_policy(s: ReinforceState, obs):
+    return policy(s.params, prep(s.obs_stats, obs))
+
+  def act(s: ReinforceState, obs, key, greedy: bool, noise=None):
+    dist = act_policy(s, obs)
+    a = dist.mode() if greedy else dist.sample(key) if noise is None else dist.sample_from(noise)
     return a if info["clip_actions"] is None else jnp.clip(a, *info["clip_actions"])
 
-  return base.Algorithm(init, update, act, batch_size)
+  return base.Algorithm(init, update, act, batch_size, act_policy)

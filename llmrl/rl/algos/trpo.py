@@ -192,7 +192,7 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
         backtrack_coef=c.backtrack_coef, accept_ratio=c.accept_ratio)
 
     def epoch(carry, key):
-      perm = jax.random.permutation(key, batch_size)
+      perm = base.permutation(key, batch_size)
       mbs = jax.tree.map(lambda x: x[perm].reshape(c.minibatches, mb_size, *x.shape[1:]),
                          (obs_b, ret_b))
       return jax.lax.scan(value_step, carry, mbs)
@@ -205,9 +205,12 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
     metrics.update(episodes)
     return TRPOState(params, opt_state, env_state, obs, stats_obs, rng), metrics
 
-  def act(s: TRPOState, obs, key, greedy: bool):
-    dist = policy(s.params, prep(s.obs_stats, obs))
-    a = dist.mode() if greedy else dist.sample(key)
+  def act_policy(s: TRPOState, obs):
+    return policy(s.params, prep(s.obs_stats, obs))
+
+  def act(s: TRPOState, obs, key, greedy: bool, noise=None):
+    dist = act_policy(s, obs)
+    a = dist.mode() if greedy else dist.sample(key) if noise is None else dist.sample_from(noise)
     return a if info["clip_actions"] is None else jnp.clip(a, *info["clip_actions"])
 
-  return base.Algorithm(init, update, act, batch_size)
+  return base.Algorithm(init, update, act, batch_size, act_policy)

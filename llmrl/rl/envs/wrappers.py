@@ -50,12 +50,16 @@ class AutoReset(Wrapper):
   info["final_obs"].
   """
 
-  def step(self, key, state, action, params):
-    key_step, key_reset = jax.random.split(key)
-    obs, state, reward, terminated, truncated, info = self.env.step(
-        key_step, state, action, params)
+  def step(self, key, state, action, params, reset=None):
+    """`reset`: an (obs, state) already drawn from `env.reset` to start the next episode
+    with (a rollout draws all of them at once, which is much cheaper on CPU than a
+    random draw per step); None draws it here from `key`."""
+    if reset is None:
+      key, key_reset = jax.random.split(key)
+      reset = self.env.reset(key_reset, params)
+    obs, state, reward, terminated, truncated, info = self.env.step(key, state, action, params)
     done = terminated | truncated
-    obs_reset, state_reset = self.env.reset(key_reset, params)
+    obs_reset, state_reset = reset
     info = {**info, "final_obs": obs}
     return (_select(done, obs_reset, obs), _select(done, state_reset, state), reward,
             terminated, truncated, info)
@@ -79,9 +83,9 @@ class EpisodeStats(Wrapper):
     obs, state = self.env.reset(key, params)
     return obs, StatsState(state, jnp.float32(0.0), jnp.int32(0))
 
-  def step(self, key, state, action, params):
+  def step(self, key, state, action, params, **kwargs):
     obs, env_state, reward, terminated, truncated, info = self.env.step(
-        key, state.env_state, action, params)
+        key, state.env_state, action, params, **kwargs)
     done = terminated | truncated
     ret = state.episode_return + reward
     length = state.episode_length + 1
