@@ -114,10 +114,19 @@ def test_qa_groups_are_disjoint_and_honest():
   groups = qa.fact_groups(w)
   sets = {k: set(v) for k, v in groups.items()}
   assert all(sets.values())
-  assert not sets["sft_known"] & sets["eval_known"]
-  assert not sets["sft_unknown"] & sets["eval_unknown"]
-  assert sets["sft_known"] | sets["eval_known"] == set(w.known_facts())
-  assert sets["sft_unknown"] | sets["eval_unknown"] == set(w.heldout_facts())
+  names = list(sets)
+  for i, a in enumerate(names):
+    for b in names[i + 1:]:
+      assert not sets[a] & sets[b], (a, b)
+  known = sets["sft_known"] | sets["rl_known"] | sets["eval_known"]
+  assert known == set(w.known_facts())
+  assert sets["sft_unknown"] | sets["rl_unknown"] | sets["eval_unknown"] == set(w.heldout_facts())
+  # Half the known facts are drilled by SFT; the rest is shared by rl and eval.
+  assert len(sets["sft_known"]) == len(known) // 2
+  assert abs(len(sets["rl_known"]) - len(sets["eval_known"])) <= 1
+  prefs = qa.preference_examples(w)
+  assert {(e["subject"], e["relation"]) for e in prefs} == {
+      (f.subject, f.relation) for f in sets["rl_known"] | sets["rl_unknown"]}
   for ex in qa.qa_examples(w, "eval_unknown"):
     assert ex["response"] == qa.IDK and not ex["known"]
   for ex in qa.qa_examples(w, "eval_known"):
@@ -125,11 +134,11 @@ def test_qa_groups_are_disjoint_and_honest():
   sft = qa.qa_examples(w, "sft")
   assert {ex["known"] for ex in sft} == {True, False}
   assert qa.qa_examples(w, "sft") == sft
-  # A held-out entity's facts are all on one side: eval_unknown asks about
-  # people SFT never declined on.
-  sft_subjects = {f.subject for f in sets["sft_unknown"]}
-  eval_subjects = {f.subject for f in sets["eval_unknown"]}
+  # A held-out entity's facts are all in one group: eval_unknown asks about
+  # people SFT and the reward model never saw declined.
+  subjects = {g: {f.subject for f in sets[g]} for g in ("sft_unknown", "rl_unknown",
+                                                          "eval_unknown")}
   for name in w.heldout_entities:
-    assert not (name in sft_subjects and name in eval_subjects), name
+    assert sum(name in s for s in subjects.values()) == 1, name
   assert any(f.subject in w.heldout_entities for f in sets["eval_unknown"])
   assert any(f.subject not in w.heldout_entities for f in sets["eval_unknown"])

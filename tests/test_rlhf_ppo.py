@@ -43,11 +43,11 @@ def setup():
   return cfg, policy, critic, params, (prompt_ids, prompt_mask, tokens, lengths), c
 
 
-def score(setup, beta=0.1):
+def score(setup, beta=0.1, shift=0.0, scale=1.0):
   cfg, policy, critic, params, (ids, mask, tokens, lengths), c = setup
   fn = jax.jit(ppo.make_scorer(policy, critic, critic, c, END, P))
   return fn(params, params["policy"], params["critic"], ids, mask, tokens, lengths,
-            jnp.float32(beta), jnp.float32(0.0))
+            jnp.float32(beta), jnp.float32(shift), jnp.float32(scale))
 
 
 def test_kl_is_exactly_zero_against_itself(setup):
@@ -91,6 +91,33 @@ def test_score_read_at_last_response_token_with_left_padding(setup):
   # With beta 0 the only reward is the score at the last response token.
   np.testing.assert_allclose(float(m["ppo/score"]), float(jnp.mean(expected)), rtol=1e-5)
   np.testing.assert_allclose(float(m["ppo/reward"]), float(jnp.mean(expected)), rtol=1e-5)
+
+
+def test_score_shift_and_scale(setup):
+  """ppo.scale_score: the RM score enters as (raw - shift) / scale; raw mean and std logged."""
+  cfg, policy, critic, params, (ids, mask, tokens, lengths), c = setup
+  _, m = score(setup, beta=0.0, shift=0.7, scale=2.5)
+  seq, seg, pos, _ = ppo.sequences(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(tokens),
+                                   jnp.asarray(lengths))
+  values = np.asarray(critic.apply({"params": params["critic"]}, seq, pos, seg), np.float64)
+  raw = values[np.arange(B), P + lengths - 1]
+  np.testing.assert_allclose(float(m["ppo/rm_score_raw"]), raw.mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(m["ppo/rm_score_raw_std"]), raw.std(), rtol=1e-4)
+  np.testing.assert_allclose(float(m["ppo/rm_score"]), ((raw - 0.7) / 2.5).mean(), rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_critic_warmup_freezes_the_policy(setup):
+  """train_policy = 0 (ppo.critic_warmup iterations): only the critic moves."""
+  cfg, policy, critic, params, _, c = setup
+  rows = dict(score(setup)[0]._asdict())
+  loss = ppo.make_loss(policy, critic, c, P)
+  frozen = {**rows, "train_policy": np.zeros(B, np.float32)}
+  grads = jax.grad(lambda p: loss(p, frozen, None)[0])(params)
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads["policy"]))
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads["critic"])) > 0.0
+  on = jax.grad(lambda p: loss(p, {**rows, "train_policy": np.ones(B, np.float32)}, None)[0])
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(on(params)["policy"])) > 0.0
 
 
 def test_advantages_are_whitened_over_response_tokens(setup):
@@ -137,6 +164,9 @@ def test_bad_rlhf_config():
     loop.validate(c)
   c.sft_from, c.ppo.minibatches = "x", 3
   with pytest.raises(ConfigError, match="minibatches"):
+    loop.validate(c)
+  c.ppo.minibatches, c.ppo.critic_warmup = 2, c.ppo.iterations
+  with pytest.raises(ConfigError, match="critic_warmup"):
     loop.validate(c)
   c.ppo.minibatches, c.ppo.ptx_coef = 2, -1.0
   with pytest.raises(ConfigError, match="ptx_coef=-1.0 must be >= 0"):

@@ -51,7 +51,7 @@ def test_sft_too_long_is_a_clear_error(tiny):
     sft.chat_arrays(data.examples(cfg, "sft"), tok, 8)
 
 
-def _reference_ranking_loss(r, s):
+def _reference_ranking_loss(r, s, margin=0.0):
   """Independent loop over the C(K,2) comparisons of each prompt."""
   total, correct = 0.0, 0.0
   for rr, ss in zip(r, s):
@@ -59,7 +59,7 @@ def _reference_ranking_loss(r, s):
     loss, n, good = 0.0, 0, 0
     for i, j in itertools.permutations(range(k), 2):
       if ss[i] > ss[j]:
-        loss += -math.log(1 / (1 + math.exp(-(rr[i] - rr[j]))))
+        loss += -math.log(1 / (1 + math.exp(-(rr[i] - rr[j] - margin * (ss[i] - ss[j])))))
         n += 1
         good += rr[i] > rr[j]
     total += loss / math.comb(k, 2)
@@ -80,6 +80,12 @@ def test_ranking_loss_matches_reference():
   # All rewards equal: each strictly ordered pair costs log 2.
   loss0, _ = reward.ranking_loss(jnp.zeros((1, 4)), jnp.asarray([[1, 0.5, 0, -4]]))
   np.testing.assert_allclose(float(loss0), math.log(2), rtol=1e-6)
+  # Margin (Llama 2 style): the gap the labeler put between two answers is demanded.
+  loss_m, (_, sums_m) = reward.ranking_loss(jnp.asarray(r), jnp.asarray(s), 0.7)
+  ref_m, _ = _reference_ranking_loss(r, s, 0.7)
+  np.testing.assert_allclose(float(loss_m), ref_m, rtol=1e-5)
+  np.testing.assert_allclose(float(sums_m["pair_accuracy"]), ref_correct, rtol=1e-6)
+  assert ref_m > ref_loss
 
 
 def test_pairwise_accuracy_hand_case():

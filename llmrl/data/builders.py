@@ -143,10 +143,11 @@ class SyntheticWorld(_LocalBuilder):
   keyed by it.
   """
 
-  VERSION = tfds.core.Version("2.0.0")
+  VERSION = tfds.core.Version("3.0.0")
   RELEASE_NOTES = {
     "1.0.0": "pretrain and validation splits.",
     "2.0.0": "sft, preferences, eval_known and eval_unknown splits (structured fields).",
+    "3.0.0": "preferences ask about rl facts that sft never drills (qa.fact_groups).",
   }
 
   def _info(self) -> tfds.core.DatasetInfo:

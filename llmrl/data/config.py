@@ -61,7 +61,7 @@ def default_config() -> ml_collections.ConfigDict:
   # synthetic_world only: candidate responses per prompt in the
   # "preferences" split (K-way ranked comparisons), 2..8.
   cfg.num_responses = 4
-  # synthetic_world only: prompts per SFT fact in the "preferences" split,
+  # synthetic_world only: prompts per ranked fact in the "preferences" split,
   # each worded differently with its own K candidates (1..MAX_PROMPTS_PER_FACT).
   cfg.prompts_per_fact = 1
   # text_files only: a glob (or comma-separated globs, or a directory) of

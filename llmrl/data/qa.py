@@ -1,16 +1,20 @@
 """Question/answer splits of the generated world: sft, preferences, eval_known, eval_unknown.
 
-The fact table is split deterministically into four disjoint groups:
+The fact table is split deterministically into six disjoint groups:
   sft_known     half of the known facts (stated in pretraining): Q -> answer
-  eval_known    the other known facts: can the model answer what it read
-                but was never drilled on? (never an SFT or preference prompt)
-  sft_unknown   about half of the held-out facts: Q -> "I don't know." (a
-                modest fraction of sft: 8% tiny, 10% small)
-  eval_unknown  the other held-out facts: does the model admit it does not
-                know? Never stated in pretraining, sft or preferences.
-Held-out *entities* (people never mentioned in pretraining) go to one side
-whole, so eval_unknown asks about people SFT never declined on; held-out
-single attributes of known entities are split one by one.
+  rl_known      a quarter of the known facts: the reward model's rankings
+                and the PPO prompts ask about them; SFT never drills them,
+                so the policy is as unsure of them as of eval_known
+  eval_known    the last quarter: can the model answer what it read but was
+                never drilled on? (never an SFT, preference or PPO prompt)
+  sft_unknown   40% of the held-out facts: Q -> "I don't know." (a modest
+                fraction of sft: about 8%)
+  rl_unknown    20% of the held-out facts, ranked ("I don't know" best)
+  eval_unknown  the last 40%: does the model admit it does not know?
+                Never stated in pretraining, sft or preferences.
+Held-out *entities* (people never mentioned in pretraining) go to one group
+whole, so eval_unknown asks about people SFT and the reward model never saw
+declined; held-out single attributes of known entities are split one by one.
 
 Splits (lists of dicts, see `SPLIT_FIELDS` in builders.py for the stored form):
   sft           sft_known + sft_unknown, shuffled: prompt, response, text
@@ -18,10 +22,12 @@ Splits (lists of dicts, see `SPLIT_FIELDS` in builders.py for the stored form):
   eval_known    same fields, gold response = the answer sentence
   eval_unknown  same fields, gold response "I don't know." (object is the
                 hidden true value, so generated guesses can be scored)
-  preferences   prompts about the sft facts (config.data.prompts_per_fact
+  preferences   prompts about the rl facts (config.data.prompts_per_fact
                 each, differently worded) with K candidate responses
                 (correct or wrong, hedged or not, "I don't know") scored by
-                `labeler.score` and ranked (0 = best)
+                `labeler.score` and ranked (0 = best); PPO samples its
+                prompts from this split too (InstructGPT's RM and PPO
+                prompts are likewise disjoint from the SFT ones)
 """
 
 from __future__ import annotations
@@ -95,27 +101,31 @@ def answer(fact: Fact) -> str:
   return TEMPLATES[fact.relation][0].format(s=fact.subject, o=fact.object, a=article(fact.object))
 
 
-def _halves(groups: list[list[Fact]], rng: random.Random) -> tuple[list[Fact], list[Fact]]:
+def _unknown_parts(groups: list[list[Fact]], rng: random.Random) -> list[list[Fact]]:
+  """Held-out fact groups shuffled into sft (40%), rl (20%) and eval (40%) parts."""
   rng.shuffle(groups)
-  k = len(groups) // 2
-  return [f for g in groups[:k] for f in g], [f for g in groups[k:] for f in g]
+  n = len(groups)
+  cuts = [0, round(0.4 * n), round(0.6 * n), n]
+  return [[f for g in groups[a:b] for f in g] for a, b in zip(cuts, cuts[1:])]
 
 
 def fact_groups(world: World) -> dict[str, list[Fact]]:
-  """The four disjoint fact groups (see module docstring), deterministic per world."""
+  """The six disjoint fact groups (see module docstring), deterministic per world."""
   rng = random.Random(f"llmrl-qa-{world.seed}")
   known = world.known_facts()
   rng.shuffle(known)
-  k = len(known) // 2
+  half, three_quarters = len(known) // 2, (3 * len(known)) // 4
   unknown = world.heldout_facts()
   entities = [[f for f in unknown if f.subject == name] for name in world.heldout_entities]
   attrs = [[f] for f in unknown if f.subject not in world.heldout_entities]
-  sft_entities, eval_entities = _halves(entities, rng)
-  sft_attrs, eval_attrs = _halves(attrs, rng)
+  sft_entities, rl_entities, eval_entities = _unknown_parts(entities, rng)
+  sft_attrs, rl_attrs, eval_attrs = _unknown_parts(attrs, rng)
   return {
-    "sft_known": known[:k],
-    "eval_known": known[k:],
+    "sft_known": known[:half],
+    "rl_known": known[half:three_quarters],
+    "eval_known": known[three_quarters:],
     "sft_unknown": sft_entities + sft_attrs,
+    "rl_unknown": rl_entities + rl_attrs,
     "eval_unknown": eval_entities + eval_attrs,
   }
 
@@ -212,7 +222,7 @@ def candidates(
 def preference_examples(
   world: World, num_responses: int = 4, prompts_per_fact: int = 1
 ) -> list[dict]:
-  """Ranked prompts about every SFT fact: prompt, K responses, labeler scores and ranks.
+  """Ranked prompts about every rl fact: prompt, K responses, labeler scores and ranks.
 
   Each fact gets `prompts_per_fact` prompts, each with its own question wording
   and its own K candidates (fresh wrong values and hedges); with more than one,
@@ -225,7 +235,7 @@ def preference_examples(
   rng = random.Random(f"llmrl-prefs-{world.seed}")
   values = relation_values(world)
   groups = fact_groups(world)
-  facts = [(f, True) for f in groups["sft_known"]] + [(f, False) for f in groups["sft_unknown"]]
+  facts = [(f, True) for f in groups["rl_known"]] + [(f, False) for f in groups["rl_unknown"]]
   rng.shuffle(facts)
   out = []
   for fact, known in facts:

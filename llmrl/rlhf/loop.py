@@ -57,6 +57,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.ppo.ptx_coef={p.ptx_coef} must be >= 0 (0 turns PPO-ptx off).")
   if p.get("ptx_coef", 0.0) > 0:
     check_positive("ppo.ptx_batch", p.ptx_batch)
+  if not 0 <= p.get("critic_warmup", 0) < p.iterations:
+    raise ConfigError(f"config.ppo.critic_warmup={p.critic_warmup} must be in [0, "
+                      f"config.ppo.iterations={p.iterations}) (iterations that train only the "
+                      "critic).")
 
 
 def prompt_arrays(tok, examples: list[dict]) -> dict:
@@ -177,13 +181,13 @@ def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> 
                            mesh, setup.shardings)  # the engine's sharded, donating step
   base_rng = jax.random.PRNGKey(config.seed + 1)
 
-  def rollout(params, batch, it, beta, shift):
+  def rollout(params, batch, it, beta, shift, scale):
     out = decoding.generate(sampler, policy_params(params), batch["ids"],
                             max_new_tokens=pc.max_new_tokens, method="sample",
                             temperature=pc.temperature, eos_id=tok.end_id, pad_id=tok.pad_id,
                             rng=jax.random.fold_in(base_rng, it), pad_to_multiple=plen)
     return out, score_fn(params, ref_params, rm_params, batch["ids"], batch["mask"],
-                         out.tokens, out.lengths, beta, shift)
+                         out.tokens, out.lengths, beta, shift, scale)
 
   ptx = ptx_batches(config, tok, plen + pc.max_new_tokens)
   if setup.data_state is not None:
@@ -191,14 +195,19 @@ def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> 
     if ptx is not None:
       ptx.set_state(setup.data_state["ptx"])
     beta, shift = setup.data_state["beta"], setup.data_state["score_shift"]
+    scale = setup.data_state.get("score_scale", 1.0)
     writer.truncate_after(start)
     log.info("resumed RLHF from %s/checkpoints iteration %d", workdir, start)
   else:
-    # Normalise the reward so the SFT policy's own samples average 0 (InstructGPT).
+    # Normalise the reward so the SFT policy's own samples average 0 (InstructGPT),
+    # and with ppo.scale_score have unit std.
     probe = batches.source[10**6]  # a batch far from the training stream
-    _, (_, m0) = rollout(state.params, probe, 10**6, jnp.float32(0.0), jnp.float32(0.0))
-    beta, shift = float(pc.kl_coef), float(m0["ppo/rm_score"])
-    log.info("reward shift (mean RM score of SFT samples) = %.4f", shift)
+    _, (_, m0) = rollout(state.params, probe, 10**6, jnp.float32(0.0), jnp.float32(0.0),
+                         jnp.float32(1.0))
+    beta, shift = float(pc.kl_coef), float(m0["ppo/rm_score_raw"])
+    scale = max(float(m0["ppo/rm_score_raw_std"]), 1e-3) if pc.get("scale_score") else 1.0
+    log.info("reward shift, scale (mean, std of RM scores of SFT samples) = %.4f, %.4f",
+             shift, scale)
 
   progress = Progress(pc.iterations, start, pc.rollout_batch * pc.max_new_tokens, 0.0,
                       stream=stream, enabled=jax.process_index() == 0, label="rlhf")
@@ -208,9 +217,10 @@ def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> 
       batch = next(batches)
       data_state = batches.get_state()
       out, (roll, metrics) = rollout(state.params, batch, it, jnp.float32(beta),
-                                     jnp.float32(shift))
+                                     jnp.float32(shift), jnp.float32(scale))
       rows = dict(roll._asdict())
       n = len(rows["seq"])
+      rows["train_policy"] = np.full(n, float(it >= pc.get("critic_warmup", 0)), np.float32)
       sums: dict = {}
       for epoch in range(pc.epochs):
         order = np.asarray(jax.random.permutation(jax.random.fold_in(base_rng, it * 1000 + epoch), n))
@@ -238,7 +248,7 @@ def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> 
       progress.report(done, host["ppo/score"], name="score")
       last = {"step": done, **host}
       if done % config.checkpoint_every == 0 or done == pc.iterations:
-        saved = {"prompts": data_state, "beta": beta, "score_shift": shift}
+        saved = {"prompts": data_state, "beta": beta, "score_shift": shift, "score_scale": scale}
         if ptx is not None:
           saved["ptx"] = ptx.get_state()
         ckpt.save(done, state, saved)

@@ -99,6 +99,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.kl_estimator = "k1"        # in the reward; k3 is logged as well
   c.missing_eos_penalty = 1.0  # subtracted from the score when no <|end|> is produced
   c.whiten_rewards = False
+  c.scale_score = False        # divide RM scores by their std on SFT samples (unit scale)
+  c.critic_warmup = 0          # first N iterations train only the critic (policy frozen)
   c.temperature = 1.0
   c.ptx_coef = 0.0             # PPO-ptx γ: + γ * LM loss on pretraining text (0 = off)
   c.ptx_batch = 8              # pretraining sequences per minibatch update (with ptx_coef)
@@ -137,11 +139,13 @@ def make_scorer(policy: GPT, critic: ScalarHeadModel, reward_model: ScalarHeadMo
                 c: ml_collections.ConfigDict, end_id: int, prompt_len: int,
                 forward: Forward | None = None):
   """Builds score(params, ref_params, rm_params, prompt_ids, prompt_mask, tokens, lengths,
-  beta, score_shift) -> (Rollout, metrics): step 2 and 3 of the module docstring."""
+  beta, score_shift, score_scale) -> (Rollout, metrics): step 2 and 3 of the module docstring.
+
+  The RM score enters as (score - score_shift) / score_scale."""
   fwd = forward or full_forward(policy, critic)
 
   def score(params, ref_params, rm_params, prompt_ids, prompt_mask, tokens, lengths,
-            beta, score_shift):
+            beta, score_shift, score_scale=1.0):
     seq, seg, pos, mask = sequences(prompt_ids, prompt_mask, tokens, lengths)
     resp = lambda x: response_view(x, prompt_len)  # noqa: E731
     logits = fwd.policy(params, seq, pos, seg)
@@ -150,8 +154,9 @@ def make_scorer(policy: GPT, critic: ScalarHeadModel, reward_model: ScalarHeadMo
                               tokens) * mask
     values = resp(fwd.critic(params, seq, pos, seg)) * mask
     last = prompt_len + jnp.maximum(lengths, 1) - 1  # [B] index of the last response token
-    rm = jnp.take_along_axis(reward_model.apply({"params": rm_params}, seq, pos, seg),
-                             last[:, None], 1)[:, 0] - score_shift  # [B]
+    raw = jnp.take_along_axis(reward_model.apply({"params": rm_params}, seq, pos, seg),
+                              last[:, None], 1)[:, 0]  # [B]
+    rm = (raw - score_shift) / score_scale
     finished = jnp.any((tokens == end_id) & (mask > 0), 1)
     scores = rm - c.missing_eos_penalty * (1.0 - finished)
     kl = ppo_core.kl_estimate(logp, ref_logp, c.kl_estimator) * mask  # [B, T]
@@ -166,6 +171,7 @@ def make_scorer(policy: GPT, critic: ScalarHeadModel, reward_model: ScalarHeadMo
     seq_kl = jnp.sum(kl, 1)
     metrics = {
         "ppo/score": jnp.mean(scores), "ppo/rm_score": jnp.mean(rm),
+        "ppo/rm_score_raw": jnp.mean(raw), "ppo/rm_score_raw_std": jnp.std(raw),
         "ppo/kl_mean": jnp.mean(seq_kl),
         "ppo/kl_k3": jnp.mean(jnp.sum(ppo_core.kl_estimate(logp, ref_logp, "k3") * mask, 1)),
         "ppo/reward": jnp.mean(jnp.sum(rewards, 1)),
@@ -185,6 +191,7 @@ def make_loss(policy: GPT, critic: ScalarHeadModel, c: ml_collections.ConfigDict
   fwd = forward or full_forward(policy, critic)
 
   def loss_fn(params, mb: dict, rng):
+    """mb: Rollout rows; optional "train_policy" [B] (0 during critic warm-up)."""
     del rng
     resp = lambda x: response_view(x, prompt_len)  # noqa: E731
     tokens = mb["seq"][:, prompt_len:]
@@ -197,7 +204,8 @@ def make_loss(policy: GPT, critic: ScalarHeadModel, c: ml_collections.ConfigDict
     vf = ppo_core.value_loss(values, mb["old_values"], mb["returns"],
                              clip_eps=c.value_clip_eps, mask=mask)
     ent = ppo_core.entropy_bonus(entropy(logits), mask)
-    loss = pg + c.vf_coef * vf - c.entropy_coef * ent
+    policy_on = mb["train_policy"][0] if "train_policy" in mb else 1.0
+    loss = policy_on * (pg - c.entropy_coef * ent) + c.vf_coef * vf
     sums = {"policy_loss": pg, "value_loss": vf, "entropy": ent,
             "clip_frac": stats["clip_frac"], "ratio": stats["ratio_mean"],
             "approx_kl": stats["approx_kl"]}

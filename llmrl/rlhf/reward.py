@@ -8,6 +8,12 @@ Loss (Ouyang et al. 2022, eq. 1): for one prompt with K ranked responses,
   loss = -1/C(K,2) * sum over pairs (w better than l) of log sigmoid(r_w - r_l),
 all C(K,2) comparisons of a prompt in the same batch element. Pairs whose
 labeler scores tie carry no comparison (they add nothing to the sum).
+With config.margin = m > 0 each comparison becomes log sigmoid(r_w - r_l -
+m * (s_w - s_l)), s the labeler's scores (the margin loss of Touvron et al.
+2023, Llama 2, with the margin set by how much better the labeler scored w):
+rankings alone fix only the order of the rewards, the margin also makes
+their gaps follow the labeler's, e.g. that a wrong answer (-4) is much
+further below "I don't know" (0) than a right one (1) is above it.
 """
 
 from __future__ import annotations
@@ -55,16 +61,19 @@ def read_at(values: jax.Array, index: jax.Array) -> jax.Array:
   return jnp.take_along_axis(values, index[:, None], axis=1)[:, 0]
 
 
-def ranking_loss(rewards: jax.Array, scores: jax.Array):
-  """InstructGPT ranking loss in the engine's (sum, (weight, sums)) form.
+def ranking_loss(rewards: jax.Array, scores: jax.Array, margin: float = 0.0):
+  """InstructGPT ranking loss (optionally with a score-gap margin) in the engine's
+  (sum, (weight, sums)) form.
 
   rewards, scores: [batch, K]. Weight = number of prompts. Also sums the
   fraction of comparisons each prompt orders correctly ("pair_accuracy").
   """
   k = rewards.shape[1]
   diff = rewards[:, :, None] - rewards[:, None, :]  # [b, K, K]: r_i - r_j
-  better = (scores[:, :, None] > scores[:, None, :]).astype(jnp.float32)  # i ranked above j
-  per_prompt = -jnp.sum(jax.nn.log_sigmoid(diff) * better, (1, 2)) / math.comb(k, 2)
+  gap = scores[:, :, None] - scores[:, None, :]  # [b, K, K]: s_i - s_j
+  better = (gap > 0).astype(jnp.float32)  # i ranked above j
+  per_prompt = -jnp.sum(jax.nn.log_sigmoid(diff - margin * gap) * better,
+                        (1, 2)) / math.comb(k, 2)
   pairs = jnp.maximum(better.sum((1, 2)), 1.0)
   correct = jnp.sum((diff > 0) * better, (1, 2)) / pairs
   return jnp.sum(per_prompt), (jnp.float32(rewards.shape[0]),
@@ -183,6 +192,9 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
       shard_count=jax.process_count(), seed=config.seed, key="preferences")
   rewards_fn = make_rewards_fn(model, tuning)
   k = arrays["inputs"].shape[1]
+  margin = float(config.get("margin", 0.0))
+  if margin < 0:
+    raise ConfigError(f"config.margin={margin} must be >= 0 (0 = the plain InstructGPT loss).")
 
   def base_init(rng):
     return model.init({"params": rng}, jnp.zeros((1, tc.seq_len), jnp.int32))["params"]
@@ -194,7 +206,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
     return tuning.initial({**fresh, "backbone": tuning_lib.stage_params(stage)}, config.seed)
 
   def loss_fn(params, batch, rng):
-    return ranking_loss(rewards_fn(params, batch, rng), batch["scores"])
+    return ranking_loss(rewards_fn(params, batch, rng), batch["scores"], margin)
 
   tokens = tc.global_batch_size * k * tc.seq_len
   task = Task(init_params=init_params, loss_fn=loss_fn, data=batches, tokens_per_step=tokens,
