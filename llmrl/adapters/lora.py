@@ -312,6 +312,10 @@ class LoRADecoder:
     with nn.intercept_methods(self.lora.interceptor(params["lora"])):
       return self.inner.prefill(params["base"], ids, mask, max_new_tokens)
 
+  def beam_prefill(self, params, ids, mask, max_new_tokens: int, num_beams: int):
+    with nn.intercept_methods(self.lora.interceptor(params["lora"])):
+      return self.inner.beam_prefill(params["base"], ids, mask, max_new_tokens, num_beams)
+
   def step(self, params, state, tokens):
     with nn.intercept_methods(self.lora.interceptor(params["lora"])):
       return self.inner.step(params["base"], state, tokens)

@@ -136,14 +136,24 @@ class SoftPromptDecoder:
   def check_lengths(self, prompt_len: int, max_new_tokens: int) -> None:
     self.inner.check_lengths(prompt_len + self.prompt.prefix_len, max_new_tokens)
 
-  def prefill(self, params, ids, mask, max_new_tokens: int):
+  def _extended(self, ids, mask):
     # [prefix | left padding | prompt]: the prompt's positions continue the prefix's
     # (prompt_positions counts real tokens), exactly as in training.
     ext_ids, _, _ = self.prompt.extend(ids)
     b = ids.shape[0]
     ext_mask = jnp.concatenate([jnp.ones((b, self.prompt.prefix_len), mask.dtype), mask], 1)
+    return ext_ids, ext_mask
+
+  def prefill(self, params, ids, mask, max_new_tokens: int):
+    ext_ids, ext_mask = self._extended(ids, mask)
     with nn.intercept_methods(self.prompt.interceptor(params["soft"])):
       return self.inner.prefill(params["base"], ext_ids, ext_mask, max_new_tokens)
+
+  def beam_prefill(self, params, ids, mask, max_new_tokens: int, num_beams: int):
+    ext_ids, ext_mask = self._extended(ids, mask)
+    with nn.intercept_methods(self.prompt.interceptor(params["soft"])):
+      return self.inner.beam_prefill(params["base"], ext_ids, ext_mask, max_new_tokens,
+                                     num_beams)
 
   def step(self, params, state, tokens):
     return self.inner.step(params["base"], state, tokens)
