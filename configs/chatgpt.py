@@ -8,8 +8,8 @@ Target (issue 7): <= 10 min on 2 CPU cores; RM held-out accuracy >= 0.8; true re
 after PPO > after SFT; hallucination rate lower after PPO; mean KL within 2x target.
 Measured (3 seeds, --config.seed=0/1/2; BUILD_NOTES "RM and PPO on facts SFT never
 drilled"): RM held-out 0.805 / 0.874 / 0.822 and KL within 2x target on all three, but
-PPO lowers the true reward (by 0.05-0.40) and hallucination on two of three only; an
-estimated ~16 min on an idle 2-core CPU.
+PPO lowers the true reward (by 0.05-0.40) and hallucination on two of three only;
+12 min 12 s for seed 0 on a quiet 2-core CPU.
 
 Presets: `tiny` (smoke test, ~90 s): every stage shrunk to a few steps.
   `gpt2_small`: the pod shape: a GPT-2-small-sized policy (12 layers x 768, 12
