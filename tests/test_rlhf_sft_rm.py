@@ -160,3 +160,12 @@ def test_reward_model_needs_init_from(tmp_path, data_cache):
   proc = launcher.run("reward_model", "configs/reward_model.py:tiny", str(tmp_path),
                       f"--config.data.cache_dir={data_cache}", check=False)
   assert proc.returncode == 2 and "config.init_from is empty" in proc.stderr
+
+
+def test_negative_reward_margin_is_a_clear_error():
+  from configs import reward_model as rm_config
+  from llmrl.config import ConfigError
+  c = rm_config.get_config("tiny")
+  c.margin, c.init_from = -1.0, "/nonexistent/sft"
+  with pytest.raises(ConfigError, match="config.margin=-1.0 must be >= 0"):
+    reward.make_task(c)

@@ -165,6 +165,9 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
   config.heldout_fact_fraction > 0, "unseen_fact_accuracy" (whole facts held out).
   """
   tc = config.train
+  margin = float(config.get("margin", 0.0))  # checked before anything is loaded
+  if margin < 0:
+    raise ConfigError(f"config.margin={margin} must be >= 0 (0 = the plain InstructGPT loss).")
   if not config.init_from:
     raise ConfigError("config.init_from is empty: the reward model starts from an SFT "
                       "workdir (--config.init_from=/path/to/sft).")
@@ -192,9 +195,6 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
       shard_count=jax.process_count(), seed=config.seed, key="preferences")
   rewards_fn = make_rewards_fn(model, tuning)
   k = arrays["inputs"].shape[1]
-  margin = float(config.get("margin", 0.0))
-  if margin < 0:
-    raise ConfigError(f"config.margin={margin} must be >= 0 (0 = the plain InstructGPT loss).")
 
   def base_init(rng):
     return model.init({"params": rng}, jnp.zeros((1, tc.seq_len), jnp.int32))["params"]
