@@ -33,7 +33,7 @@ from llmrl.interop import hf  # noqa: E402
 from llmrl.models import flops_per_token  # noqa: E402
 from llmrl.objectives.lm import causal_lm_loss  # noqa: E402
 from llmrl.train import optim  # noqa: E402
-from llmrl.train.step import TrainState, make_train_step  # noqa: E402
+from llmrl.train.step import TrainState, compiler_options, make_train_step  # noqa: E402
 
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> dict:
@@ -96,7 +96,8 @@ def jax_runner(model, params, batches, lr, steps_total):
     logits = model.apply({"params": p}, batch["inputs"])
     return causal_lm_loss(logits, batch["targets"], batch["weights"])
 
-  step = jax.jit(make_train_step(loss_fn, tx, schedule), donate_argnums=0)
+  step = jax.jit(make_train_step(loss_fn, tx, schedule), donate_argnums=0,
+                 compiler_options=compiler_options(jax.devices()[0].platform))
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                      opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
   data = []

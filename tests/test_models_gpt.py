@@ -17,6 +17,8 @@ from llmrl.models import (
   init_cache,
 )
 from llmrl.models.attention import attend
+from llmrl.models.layers import gradient_barrier
+from llmrl.train.step import compiler_options
 
 VOCAB = 53
 
@@ -265,6 +267,27 @@ def test_remat_same_loss_and_grad():
       results[remat][1],
       results["none"][1],
     )
+
+
+def test_gradient_barrier_keeps_values_and_grads_and_survives_cpu_compile():
+  """The residual-stream barrier is the identity (values and gradients equal
+  a model without it, checked against an unbarriered copy of the maths), and
+  with the train step's CPU compiler options the barrier reaches the
+  compiled program (without them XLA drops it, so it could not stop fusion)."""
+  f = lambda x: jnp.sum(jnp.tanh(x) ** 2 * jnp.arange(x.size).reshape(x.shape))  # noqa: E731
+  x = jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)
+  np.testing.assert_allclose(gradient_barrier(x), x)
+  np.testing.assert_allclose(jax.grad(lambda x: f(gradient_barrier(x)))(x), jax.grad(f)(x),
+                             rtol=1e-6)
+  cfg = CONFIGS["gpt2"]
+  ids = tokens(2, 8)
+  loss = lambda p: jnp.mean(GPT(cfg).apply({"params": p}, ids) ** 2)  # noqa: E731
+  kept = jax.jit(jax.grad(loss), compiler_options=compiler_options("cpu"))
+  dropped = jax.jit(jax.grad(loss))
+  assert "opt-barrier" in kept.lower(init(cfg)).compile().as_text()
+  assert "opt-barrier" not in dropped.lower(init(cfg)).compile().as_text()
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               kept(init(cfg)), dropped(init(cfg)))
 
 
 def test_dropout_is_used_when_not_deterministic():

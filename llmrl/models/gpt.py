@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from llmrl.models.attention import ATTENTION_IMPLS, Attention
-from llmrl.models.layers import MLP, MLPS, NORMS, Dense, Embed, PositionEmbed, make_norm
+from llmrl.models.layers import MLP, MLPS, NORMS, Dense, Embed, PositionEmbed, gradient_barrier, make_norm
 from llmrl.models.moe import MoE, MoEConfig
 
 STYLES = ("gpt2", "llama")
@@ -199,6 +199,7 @@ class Block(nn.Module):
   def __call__(self, x, positions, segment_ids, deterministic: bool):
     """x [batch, length, embed] -> [batch, length, embed] ((x, None) when scanned)."""
     cfg = self.config
+    x = gradient_barrier(x)
     out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
     norm = lambda name: make_norm(
       cfg.norm_type, cfg.norm_eps, cfg.has_bias, cfg.dtype, cfg.param_dtype, name
@@ -220,7 +221,7 @@ class Block(nn.Module):
       param_dtype=cfg.param_dtype,
       name="attn",
     )(norm("attn_norm")(x), positions, segment_ids)
-    x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    x = gradient_barrier(x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic))
     ffn = dict(
       kind=cfg.mlp_type,
       use_bias=cfg.has_bias,

@@ -291,3 +291,26 @@ class RelativePositionBias(nn.Module):
     buckets = relative_position_bucket(rel, self.bidirectional, self.num_buckets, self.max_distance)
     values = jnp.take(table.astype(jnp.float32), buckets, axis=0)  # [lq, lk, heads]
     return jnp.transpose(values, (2, 0, 1))[None].astype(self.dtype)  # [1, heads, lq, lk]
+
+
+@jax.custom_vjp
+def gradient_barrier(x):
+  """Identity whose backward pass materialises the incoming gradient.
+
+  On the residual stream between blocks it keeps XLA from fusing the whole
+  chain of earlier blocks' norm backward passes into every consumer of the
+  residual gradient (on CPU each transposing weight-gradient copy recomputed
+  that chain; see BUILD_NOTES "Training step vs PyTorch").
+  """
+  return x
+
+
+def _barrier_fwd(x):
+  return x, None
+
+
+def _barrier_bwd(_, g):
+  return (jax.lax.optimization_barrier(g),)
+
+
+gradient_barrier.defvjp(_barrier_fwd, _barrier_bwd)

@@ -24,7 +24,7 @@ from llmrl.train import mesh as mesh_lib
 from llmrl.train.checkpoint import Checkpointer
 from llmrl.train.metrics import MetricWriter, Progress
 from llmrl.train.optim import make_optimizer
-from llmrl.train.step import LossFn, TrainState, make_train_step
+from llmrl.train.step import LossFn, TrainState, compiler_options, make_train_step
 
 log = logging.getLogger("llmrl")
 
@@ -163,7 +163,7 @@ def jit_train_step(loss_fn: LossFn, tx, schedule, microbatches: int, mesh, state
       make_train_step(loss_fn, tx, schedule, microbatches,
                       lambda mb: jax.lax.with_sharding_constraint(mb, micro_sh)),
       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, mesh_lib.replicated(mesh)),
-      donate_argnums=0)
+      donate_argnums=0, compiler_options=compiler_options(mesh.devices.flat[0].platform))
 
 
 def lower_train_step(config: ml_collections.ConfigDict, task: Task, batch: dict, mesh=None):
