@@ -65,6 +65,9 @@ def _laptop(c: ml_collections.ConfigDict) -> None:
   for stage in (c.reward_model, c.rlhf):
     stage.data.update(prompts_per_fact=3, num_responses=6)
   c.pretrain.train.steps = 1000
+  # Knowledge-aware SFT: known facts the pretrained model gives < 10% are trained as
+  # "I don't know." (about 48% of them); PPO then has declining to explore and reinforce.
+  c.sft.decline_below = 0.1
   c.reward_model.heldout_fact_fraction = 0.05
   c.reward_model.margin = 1.0  # reward gaps follow the labeler's: a wrong answer costs 4x
   c.reward_model.train.update(seq_len=88, steps=800, log_every=50, checkpoint_every=800)

@@ -26,6 +26,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.heldout_fraction = 0.1         # prompts held out for pairwise accuracy
   c.heldout_fact_fraction = 0.0    # facts held out whole (all their prompts): unseen_fact_accuracy
   c.margin = 0.0                   # > 0: reward gaps follow the labeler's score gaps (Llama 2)
+  c.shared_prompt = True           # one row per prompt: the prompt once, then its K responses
   c.model = model_config_block()   # replaced by init_from's model
   c.data = data.default_config()
   c.data.world_size = "small"

@@ -27,6 +27,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.seed = 0
   c.init_from = ""                 # pretraining workdir ("" = random init from config.model)
   c.model = model_config_block()   # replaced by init_from's model when given
+  c.decline_below = 0.0            # > 0: known facts the pretrained model gives probability
+                                   # < this are trained as "I don't know." (llmrl.rlhf.probe)
   c.data = data.default_config()
   c.data.world_size = "small"
   c.train = trainer.default_config()

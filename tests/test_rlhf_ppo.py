@@ -196,9 +196,11 @@ def test_kl_controllers_keep_beta_in_range():
 def test_chatgpt_smoke(tmp_path, data_cache):
   wd = str(tmp_path / "cg")
   ptx = "--config.rlhf.ppo.ptx_coef=0.5"  # PPO-ptx on: pretraining rows in every update
+  probe = "--config.sft.decline_below=0.1"  # knowledge-aware SFT, as in the default
   out = launcher.run("chatgpt", "configs/chatgpt.py:tiny", wd, f"--config.cache_dir={data_cache}",
-                     ptx)
+                     ptx, probe)
   assert "stage 4/4: rlhf" in out.stderr
+  assert "knowledge probe (decline_below=0.1)" in out.stderr
   ppo_recs = [json.loads(line) for line in open(os.path.join(wd, "rlhf", "metrics.jsonl"))]
   assert all(np.isfinite(r["train/ptx_loss"]) and r["train/ptx_loss"] > 0 for r in ppo_recs
              if "train/ptx_loss" in r) and any("train/ptx_loss" in r for r in ppo_recs)
@@ -214,5 +216,5 @@ def test_chatgpt_smoke(tmp_path, data_cache):
     assert os.path.getsize(os.path.join(wd, name)) > 0
   # Re-running the same command resumes: every stage is already complete.
   again = launcher.run("chatgpt", "configs/chatgpt.py:tiny", wd, f"--config.cache_dir={data_cache}",
-                       ptx)
+                       ptx, probe)
   assert "resumed" in again.stderr

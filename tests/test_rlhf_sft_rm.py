@@ -134,6 +134,31 @@ def test_reward_is_read_at_the_last_real_token_with_padding():
   assert abs(float(v_l[0, -2] - alone)) > 1e-3  # a different token gives a different value
 
 
+@pytest.mark.parametrize("impl", ["plain", "blockwise", "jax"])
+def test_shared_prompt_rows_score_like_separate_chats(tiny, impl):
+  """One row per prompt (prompt once, K responses after it) gives each response the reward
+  it gets alone in its own padded row, for every attention kernel."""
+  cfg, tok = tiny
+  examples = data.examples(cfg, "preferences")[:5]
+  sep = reward.preference_arrays(examples, tok, 96)
+  shared = reward.shared_prompt_arrays(examples, tok, 96)
+  k = len(examples[0]["responses"])
+  assert shared["inputs"].shape[0] == 5 and shared["last"].shape == (5, k)
+  assert shared["inputs"].shape[1] % 8 == 0
+  assert (shared["segment_ids"] != 0).sum() < (sep["segment_ids"] != 0).sum()  # fewer tokens
+  np.testing.assert_array_equal(shared["scores"], sep["scores"])
+  mcfg = GPTConfig(vocab_size=tok.vocab_size, max_len=128, num_layers=2, d_model=32,
+                   num_heads=4, d_ff=64, attention_impl=impl, attention_block_size=16)
+  model = reward.ScalarHeadModel(mcfg)
+  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  params["head"]["kernel"] = jax.random.normal(jax.random.PRNGKey(1), params["head"]["kernel"].shape)
+  fn = reward.make_rewards_fn(model)
+  want = fn(params, {key: v for key, v in sep.items() if key != "scores"})
+  got = fn(params, {key: v for key, v in shared.items() if key != "scores"})
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+  assert float(jnp.std(want)) > 1e-2  # responses really score differently
+
+
 def test_pretrain_sft_reward_model_chain(tmp_path, data_cache):
   cache = f"--config.data.cache_dir={data_cache}"
   pre, sft_dir, rm = (str(tmp_path / n) for n in ("pre", "sft", "rm"))

@@ -19,6 +19,9 @@ q_segment[i] == k_segment[j]. Segment id 0 marks padding; padding tokens only
 see other padding tokens (and always themselves), so no row is ever empty.
 The same rule is the padding mask of bidirectional (encoder) attention:
 pass an HF-style attention_mask (1 = token, 0 = pad) as the segment ids.
+Segment id SHARED_SEGMENT (-1) marks a shared prefix: its keys are visible
+(causally) to every non-padding segment of the row, so the reward model
+scores K responses after one copy of their prompt (llmrl.rlhf.reward).
 
 Optional extras used by the encoder families: an additive score `bias`
 [batch or 1, heads, lq, lk] (T5's relative position bias), a softmax `scale`
@@ -33,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from llmrl.models.flash import flash_attention
+from llmrl.models.flash import SHARED_SEGMENT, flash_attention, segments_visible  # noqa: F401
 from llmrl.models.layers import Dense, apply_rope
 
 ATTENTION_IMPLS = ("plain", "blockwise", "jax")
@@ -51,7 +54,7 @@ def make_mask(q_index, k_index, q_segment, k_segment, causal: bool):
   if causal:
     mask = k_index[None, None, :] <= q_index[:, :, None]  # [b|1, lq, lk]
   if q_segment is not None:
-    same = q_segment[:, :, None] == k_segment[:, None, :]  # [b, lq, lk]
+    same = segments_visible(q_segment[:, :, None], k_segment[:, None, :])  # [b, lq, lk]
     mask = mask & same
   return mask[:, None]  # [b|1, 1, lq, lk]
 

@@ -26,6 +26,13 @@ import jax
 import jax.numpy as jnp
 
 _NEG = -1e30
+SHARED_SEGMENT = -1  # a prefix every non-padding segment of its row attends to
+
+
+def segments_visible(q_segment, k_segment):
+  """Segment part of every kernel's mask: same segment, or a shared-prefix key
+  (SHARED_SEGMENT) seen by a non-padding query. Broadcasts [..., lq, 1] vs [..., 1, lk]."""
+  return (q_segment == k_segment) | ((k_segment == SHARED_SEGMENT) & (q_segment != 0))
 
 
 def _mask(q_index, q_segment, kib, vab, ksb, causal):
@@ -34,7 +41,7 @@ def _mask(q_index, q_segment, kib, vab, ksb, causal):
   mask = vab[None, None, :]  # [1, 1, blk]
   if causal:
     mask = mask & (kib[None, None, :] <= q_index[:, :, None])  # [b|1, lq, blk]
-  mask = mask & (q_segment[:, :, None] == ksb[:, None, :])  # [b, lq, blk]
+  mask = mask & segments_visible(q_segment[:, :, None], ksb[:, None, :])  # [b, lq, blk]
   return mask[:, None, None]  # [b, 1, 1, lq, blk]
 
 

@@ -87,7 +87,7 @@ def reward_model(config, workdir: str) -> dict:
   params = jax.device_get(result.state.params)
   evals, counts = {}, {}
   for key, arrays in heldout.items():  # held-out prompts; prompts about unseen facts
-    rewards = rewards_fn(params, {k: arrays[k] for k in ("inputs", "segment_ids", "last")})
+    rewards = rewards_fn(params, {k: v for k, v in arrays.items() if k != "scores"})
     evals[key] = reward.pairwise_accuracy(np.asarray(rewards), arrays["scores"])
     counts[key] = int(len(arrays["scores"]))
     log.info("reward_model.%s = %.3f over %d prompts", key, evals[key], counts[key])

@@ -33,6 +33,7 @@ from llmrl import data as data_lib
 from llmrl.adapters import tuning as tuning_lib
 from llmrl.config import ConfigError
 from llmrl.models import GPT, GPTConfig, flops_per_token
+from llmrl.models.attention import SHARED_SEGMENT
 from llmrl.rlhf.sft import inherit
 from llmrl.tasks import lm
 from llmrl.train.trainer import Task, local_batch_size
@@ -100,6 +101,54 @@ def preference_arrays(examples: list[dict], tok, seq_len: int) -> dict:
           "scores": np.asarray([ex["scores"] for ex in examples], np.float32)}
 
 
+def shared_prompt_arrays(examples: list[dict], tok, seq_len: int, multiple: int = 8) -> dict:
+  """One row per prompt: the prompt once, then its K responses, each attending to the
+  prompt and itself only (the prompt's segment is SHARED_SEGMENT) -> inputs, positions,
+  segment_ids [N, row_len], last [N, K] (each response's final token), scores [N, K].
+
+  Every response's positions continue from the prompt's end, so each one is scored as
+  if it were the only reply (equal to `preference_arrays` up to float rounding) at
+  about (P + K * R) / (K * (P + R)) of the tokens (P, R: prompt and response lengths).
+  row_len is the longest row rounded up to `multiple`; seq_len bounds each chat.
+  """
+  rows, longest = [], 0
+  for ex in examples:
+    prefix = data_lib.chat.encode(tok, ex["prompt"]).ids.tolist()
+    parts = []
+    for response in ex["responses"]:
+      ids = data_lib.chat.encode(tok, ex["prompt"], response).ids.tolist()
+      if ids[:len(prefix)] != prefix:
+        raise ValueError(f"the chat of {ex['prompt']!r} with {response!r} does not start with "
+                         "the prompt's own tokens; set config.shared_prompt=False.")
+      longest = max(longest, len(ids))
+      parts.append(ids[len(prefix):])
+    rows.append((prefix, parts))
+  if longest > seq_len:
+    raise ConfigError(f"the longest ranked chat is {longest} tokens but config.train.seq_len="
+                      f"{seq_len}; set config.train.seq_len >= {longest}.")
+  n, k = len(rows), len(rows[0][1])
+  width = max(len(p) + sum(len(r) for r in rs) for p, rs in rows)
+  width = -(-width // multiple) * multiple
+  out = {"inputs": np.full((n, width), tok.pad_id, np.int32),
+         "positions": np.zeros((n, width), np.int32),
+         "segment_ids": np.zeros((n, width), np.int32),
+         "last": np.zeros((n, k), np.int32),
+         "scores": np.asarray([ex["scores"] for ex in examples], np.float32)}
+  for i, (prefix, parts) in enumerate(rows):
+    at = len(prefix)
+    out["inputs"][i, :at] = prefix
+    out["positions"][i, :at] = np.arange(at)
+    out["segment_ids"][i, :at] = SHARED_SEGMENT
+    for j, part in enumerate(parts):
+      end = at + len(part)
+      out["inputs"][i, at:end] = part
+      out["positions"][i, at:end] = np.arange(len(prefix), len(prefix) + len(part))
+      out["segment_ids"][i, at:end] = j + 1
+      out["last"][i, j] = end - 1
+      at = end
+  return out
+
+
 def split_heldout(examples: list[dict], fraction: float,
                   fact_fraction: float = 0.0) -> tuple[list, list, list]:
   """Deterministic (train, heldout, unseen) split of ranked prompts.
@@ -135,13 +184,19 @@ def split_heldout(examples: list[dict], fraction: float,
 
 
 def make_rewards_fn(model: ScalarHeadModel, tuning: tuning_lib.Tuning | None = None):
-  """(params, arrays [B, K, L] dict) -> rewards [B, K] at each response's last token.
+  """(params, arrays dict) -> rewards [B, K] at each response's last token.
 
-  With a LoRA `tuning`, params are {"base": {"backbone", "head"}, "lora"}.
+  Arrays are `preference_arrays` (inputs [B, K, L]) or `shared_prompt_arrays`
+  (inputs, positions [B, row_len], last [B, K]). With a LoRA `tuning`, params
+  are {"base": {"backbone", "head"}, "lora"}.
   """
   tuning = tuning or tuning_lib.Tuning()
 
   def rewards(params, batch, rng=None):  # rng: LoRA dropout while training
+    if batch["inputs"].ndim == 2:  # shared prompt: one row per prompt
+      values = tuning.apply(model, params, batch["inputs"], batch["positions"],
+                            batch["segment_ids"], rng=rng)  # [B, row_len]
+      return jnp.take_along_axis(values, batch["last"], axis=1)  # [B, K]
     b, k, length = batch["inputs"].shape
     flat = lambda x: x.reshape(b * k, *x.shape[2:])  # [B*K, ...]
     positions = jnp.broadcast_to(jnp.arange(length), (b * k, length))
@@ -186,15 +241,16 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
   train_ex, heldout_ex, unseen_ex = split_heldout(
       data_lib.examples(config.data, "preferences"), config.heldout_fraction,
       config.get("heldout_fact_fraction", 0.0))
-  arrays = preference_arrays(train_ex, tok, tc.seq_len)
-  heldout = {"heldout_accuracy": preference_arrays(heldout_ex, tok, tc.seq_len)}
+  to_arrays = shared_prompt_arrays if config.get("shared_prompt", False) else preference_arrays
+  arrays = to_arrays(train_ex, tok, tc.seq_len)
+  heldout = {"heldout_accuracy": to_arrays(heldout_ex, tok, tc.seq_len)}
   if unseen_ex:
-    heldout["unseen_fact_accuracy"] = preference_arrays(unseen_ex, tok, tc.seq_len)
+    heldout["unseen_fact_accuracy"] = to_arrays(unseen_ex, tok, tc.seq_len)
   batches = data_lib.example_batches(
       arrays, batch_size=local_batch_size(tc), shard_index=jax.process_index(),
       shard_count=jax.process_count(), seed=config.seed, key="preferences")
   rewards_fn = make_rewards_fn(model, tuning)
-  k = arrays["inputs"].shape[1]
+  row_tokens = arrays["inputs"][0].size  # tokens the model runs per prompt
 
   def base_init(rng):
     return model.init({"params": rng}, jnp.zeros((1, tc.seq_len), jnp.int32))["params"]
@@ -208,9 +264,9 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
   def loss_fn(params, batch, rng):
     return ranking_loss(rewards_fn(params, batch, rng), batch["scores"], margin)
 
-  tokens = tc.global_batch_size * k * tc.seq_len
+  tokens = tc.global_batch_size * row_tokens
   task = Task(init_params=init_params, loss_fn=loss_fn, data=batches, tokens_per_step=tokens,
-              flops_per_step=flops_per_token(model_cfg, tc.seq_len) * tokens,
+              flops_per_step=flops_per_token(model_cfg, arrays["inputs"].shape[-1]) * tokens,
               initial_params=initial_params, trainable_mask=tuning.mask(init_params))
   return task, model, tok, heldout
 

@@ -16,6 +16,7 @@ from llmrl.adapters import tuning as tuning_lib
 from llmrl.config import ConfigError
 from llmrl.models import GPT, flops_per_token
 from llmrl.objectives.lm import causal_lm_loss
+from llmrl.rlhf import probe
 from llmrl.tasks import lm
 from llmrl.train.trainer import Task, local_batch_size
 
@@ -80,6 +81,12 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
   """
   tc = config.train
   data_lib.validate_config(config.data)
+  below = float(config.get("decline_below", 0.0))  # checked before anything is loaded
+  if not 0.0 <= below <= 1.0:
+    raise ConfigError(f"config.decline_below={below} must be in [0, 1] (0 = keep every answer).")
+  if below and not config.init_from:
+    raise ConfigError("config.decline_below > 0 probes a pretrained model's knowledge: set "
+                      "config.init_from to a pretraining workdir (or decline_below=0).")
   if config.init_from:
     stage = lm.load_stage(config.init_from)
     tok, model_cfg = stage.tokenizer, stage.model_config
@@ -99,7 +106,13 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
     shutil.copyfile(tok.path, os.path.join(workdir, "tokenizer.model"))
   model = GPT(model_cfg)
   tuning = tuning_lib.from_config(config, model, tc.seq_len, tok)
-  arrays = chat_arrays(data_lib.examples(config.data, "sft"), tok, tc.seq_len)
+  examples = data_lib.examples(config.data, "sft")
+  if below:
+    examples, stats = probe.decline_unknown(examples, model, base_params, tok, below)
+    log.info("knowledge probe (decline_below=%g): %d of %d known-fact answers become "
+             "\"I don't know.\" (median probability %.3f)", below, stats["declined"],
+             stats["known"], stats["median_probability"])
+  arrays = chat_arrays(examples, tok, tc.seq_len)
   batches = data_lib.example_batches(
       arrays, batch_size=local_batch_size(tc), shard_index=jax.process_index(),
       shard_count=jax.process_count(), seed=config.seed, key="sft")
