@@ -9,8 +9,8 @@ after PPO > after SFT; hallucination rate lower after PPO; mean KL within 2x tar
 Measured (3 seeds, --config.seed=0/1/2; BUILD_NOTES "Knowledge-aware SFT, one-row
 RM, PPO-ptx"): RM held-out 0.855 / 0.878 / 0.818; true reward SFT -> RLHF -0.69 -> -0.19,
 -0.78 -> -0.26, -0.66 -> -0.07; hallucination 0.30 -> 0.11, 0.41 -> 0.19, 0.37 -> 0.22;
-KL 2.34 / 1.22 / 1.66 (target 2). Seed 0 end to end: 11 min 52 s on a slow spell of this
-2-core CPU (the same stages ran 1.2-1.4x faster half an hour earlier).
+KL 2.34 / 1.22 / 1.66 (target 2). Seed 0 end to end: 9 min 51 s on a quiet 2-core CPU
+(11 min 52 s during a slow spell of the same machine).
 
 Presets: `tiny` (smoke test, ~90 s): every stage shrunk to a few steps.
   `gpt2_small`: the pod shape: a GPT-2-small-sized policy (12 layers x 768, 12
