@@ -9,6 +9,7 @@ Parameters are stored in `param_dtype` and cast to the compute `dtype` at use;
 norms compute in float32.
 """
 
+import functools
 import math
 from typing import Any, Sequence, Union
 
@@ -22,6 +23,66 @@ MLPS = ("gelu", "gelu_exact", "relu", "swiglu", "geglu")
 
 def _normal(std: float, names):
   return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), names)
+
+
+def weight_grad(x2, g2):
+  """x2 [rows, in], g2 [rows, out] -> x2^T g2 [in, out]: a weight's gradient.
+
+  On CPU the smaller operand is transposed into a row-major matmul; left to
+  itself XLA copies whichever operand its layout pass picks (often the larger:
+  the [rows, vocab] logits gradient, the [rows, mlp] MLP gradient).
+  """
+
+  def cpu(x2, g2):
+    if x2.shape[1] <= g2.shape[1]:
+      return jax.lax.optimization_barrier(x2.T) @ g2
+    return (jax.lax.optimization_barrier(g2.T) @ x2).T
+
+  return jax.lax.platform_dependent(x2, g2, cpu=cpu, default=lambda a, b: a.T @ b)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def contract(x, kernel, in_axes: int):
+  """x [..., *in] . kernel [*in, *out] -> [..., *out] (tensordot over in_axes)."""
+  return jnp.tensordot(x, kernel, axes=in_axes)
+
+
+def _contract_fwd(x, kernel, in_axes):
+  return contract(x, kernel, in_axes), (x, kernel)
+
+
+def _contract_bwd(in_axes, res, g):
+  x, kernel = res
+  n_out = kernel.ndim - in_axes
+  dx = jnp.tensordot(g, kernel, axes=(list(range(g.ndim - n_out, g.ndim)),
+                                      list(range(in_axes, kernel.ndim))))
+  n_in = math.prod(kernel.shape[:in_axes])
+  dk = weight_grad(x.reshape(-1, n_in), g.reshape(-1, kernel.size // n_in))
+  return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+contract.defvjp(_contract_fwd, _contract_bwd)
+
+
+@jax.custom_vjp
+def tied_logits(x, emb):
+  """x [..., embed] . emb [vocab, embed]^T -> logits [..., vocab] (tied output layer)."""
+  return jnp.einsum("...d,vd->...v", x, emb)
+
+
+def _tied_logits_fwd(x, emb):
+  return tied_logits(x, emb), (x, emb)
+
+
+def _tied_logits_bwd(res, g):
+  x, emb = res
+  dx = jnp.einsum("...v,vd->...d", g, emb)
+  d = x.shape[-1]
+  de = weight_grad(g.reshape(-1, g.shape[-1]), x.reshape(-1, d))  # [vocab, embed]
+  return dx, de
+
+
+tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
 
 
 class Dense(nn.Module):
@@ -47,9 +108,7 @@ class Dense(nn.Module):
     kernel = self.param(
       "kernel", _normal(self.init_std, tuple(self.kernel_axes)), shape, self.param_dtype
     )
-    y = jnp.tensordot(
-      x.astype(self.dtype), kernel.astype(self.dtype), axes=self.in_axes
-    )  # [..., *features]
+    y = contract(x.astype(self.dtype), kernel.astype(self.dtype), self.in_axes)  # [..., *features]
     if self.use_bias:
       bias_axes = tuple(self.kernel_axes[self.in_axes :])
       init = nn.with_logical_partitioning(nn.initializers.zeros_init(), bias_axes)
@@ -81,7 +140,7 @@ class Embed(nn.Module):
 
   def attend(self, x):
     """x [batch, length, embed] -> logits [batch, length, vocab]."""
-    return jnp.einsum("bld,vd->blv", x.astype(self.dtype), self.embedding.astype(self.dtype))
+    return tied_logits(x.astype(self.dtype), self.embedding.astype(self.dtype))
 
 
 class PositionEmbed(nn.Module):
