@@ -13,7 +13,10 @@ beams and num_return_sequences, `select_beams` follows beam parents); an
 adapter may define `select_beams(state, parents)` to do the latter faster,
 and `beam_prefill(params, ids, mask, max_new_tokens, num_beams)` to lay out
 its own beam state (rows b * num_beams; `CachedDecoder` uses it for a KV
-cache that is never reordered: only per-slot parent tables move).
+cache that is never reordered: only per-slot parent tables move). With
+`beam_prompt_slots(state, max_new_tokens)` and `resize_beam_cache(state,
+length)` as well, beam search grows that cache in up to 4 segments (one
+`while_loop` each), so early steps attend over a shorter cache.
 
 Decoder-only (here): the left-padded prompt is prefilled into a KV cache of
 p + max_new_tokens slots; positions restart at 0 at each row's first real
@@ -55,6 +58,11 @@ class DecodeAdapter(Protocol):
 
 
 _CHUNK = 16  # cache slots per step of the in-place beam reordering loop
+
+
+def _new_slots(max_new_tokens: int) -> int:
+  """Cache slots `prefill` allots to generated tokens (whole reordering chunks)."""
+  return -(-max_new_tokens // _CHUNK) * _CHUNK
 
 
 def gather_rows(tree, rows):
@@ -138,7 +146,7 @@ class CachedDecoder:
     b, p = ids.shape
     # Each step attends over the whole cache, so it has only p + max_new_tokens
     # slots (rounded up to whole beam-reordering chunks; extra slots are never seen).
-    new_slots = -(-max_new_tokens // _CHUNK) * _CHUNK
+    new_slots = _new_slots(max_new_tokens)
     cache = init_cache(self.decode_config.replace(max_len=p + new_slots), b)
     positions = prompt_positions(mask)  # [b, p]
     logits, variables = self.decode_model.apply(
@@ -186,6 +194,43 @@ class CachedDecoder:
 
     state = dict(state, cache=convert(dict(state["cache"])), position=rows(state["position"]))
     return rows(logits), state
+
+  def beam_prompt_slots(self, state, max_new_tokens: int) -> int:
+    """Cache slots holding the prompt (a soft prompt's prefix included) in a state
+    fresh from `beam_prefill` (static: read off the cache's shape)."""
+    parent = next(x for path, x in jax.tree_util.tree_leaves_with_path(state["cache"])
+                  if str(getattr(path[-1], "key", "")) == "cached_parent")
+    return parent.shape[-1] - _new_slots(max_new_tokens)
+
+  def resize_beam_cache(self, state, length: int):
+    """The beam-layout state with `length` cache slots: cut, or padded with empty
+    (segment 0, never visible) slots. Beam search grows the cache as it goes,
+    since every step's attention reads all of it."""
+
+    def to(x, axis, per_slot):
+      n, have = length * per_slot, x.shape[axis]
+      if n <= have:
+        return jax.lax.slice_in_dim(x, 0, n, axis=axis % x.ndim)
+      pad = [(0, 0)] * x.ndim
+      pad[axis % x.ndim] = (0, n - have)
+      return jnp.pad(x, pad)
+
+    def fix(node):
+      if "cached_parent" not in node:
+        return {n: fix(x) if isinstance(x, dict) else x for n, x in node.items()}
+      parent = node["cached_parent"]  # [(layers,) rows, len]
+      if parent.shape[-1] == length:
+        return node
+      k = node["cached_value"].shape[-2] // parent.shape[-1]  # beams
+      return dict(
+        node,
+        cached_key=to(node["cached_key"], -1, k),  # [.., d, len * k]
+        cached_value=to(node["cached_value"], -2, k),  # [.., len * k, d]
+        cached_segment=to(node["cached_segment"], -1, 1),
+        cached_parent=to(parent, -1, 1),
+      )
+
+    return dict(state, cache=fix(dict(state["cache"])))
 
   def step(self, params, state, tokens):
     b = tokens.shape[0]

