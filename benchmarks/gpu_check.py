@@ -1,5 +1,5 @@
 """GPU checks: the three attention kernels agree on the GPU, the "jax" kernel
-reaches cuDNN, and the train step's throughput and MFU against PyTorch.
+reaches cuDNN, and the train step's throughput (train_vs_pytorch's runner) and MFU against PyTorch.
 
 Run on a machine with a CUDA GPU (CPU works too, with small sizes, as a dry run):
     python benchmarks/gpu_check.py [--layers 12 --width 768 --heads 12 --seq 1024
@@ -28,6 +28,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -36,8 +37,7 @@ import numpy as np  # noqa: E402
 from llmrl.models import GPT, GPTConfig, flops_per_token  # noqa: E402
 from llmrl.models.attention import attend  # noqa: E402
 from llmrl.objectives.lm import causal_lm_loss  # noqa: E402
-from llmrl.train import optim  # noqa: E402
-from llmrl.train.step import TrainState, compiler_options, make_train_step  # noqa: E402
+from train_vs_pytorch import jax_runner  # noqa: E402
 
 IMPLS = ("plain", "blockwise", "jax")
 
@@ -139,33 +139,15 @@ def matmul_peak(dtype, n=8192, reps=10):
 
 
 def llmrl_runner(cfg, batches, lr, steps_total):
+  """train_vs_pytorch's llmrl train-step runner for a fresh GPT(cfg); `.cudnn` says whether
+  its gradient calls cuDNN's fused attention."""
   model = GPT(cfg)
-  params = model.init(jax.random.PRNGKey(0), jnp.asarray(batches[0][:, :-1]))["params"]
-  c = optim.default_config()
-  c.learning_rate, c.warmup_steps, c.schedule = lr, 0, "constant"
-  tx, schedule = optim.make_optimizer(c, steps_total)
-
-  def loss_fn(p, batch, rng):
-    logits = model.apply({"params": p}, batch["inputs"])
-    return causal_lm_loss(logits, batch["targets"], batch["weights"])
-
-  step = jax.jit(make_train_step(loss_fn, tx, schedule), donate_argnums=0,
-                 compiler_options=compiler_options(jax.devices()[0].platform))
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
-  data = [{"inputs": jnp.asarray(b[:, :-1]), "targets": jnp.asarray(b[:, 1:]),
-           "weights": jnp.ones((b.shape[0], b.shape[1] - 1), jnp.float32)} for b in batches]
-  holder = {"state": state}
-  run_hlo = step.lower(state, data[0]).compile().as_text()
-
-  def run(steps):
-    s = holder["state"]
-    for i in range(steps):
-      s, m = step(s, data[i % len(data)])
-    loss = float(m["train/loss"])  # waits for the last step
-    holder["state"] = s
-    return loss
-  run.cudnn = has_cudnn_fmha(run_hlo)
+  x = jnp.asarray(batches[0][:, :-1])
+  params = model.init(jax.random.PRNGKey(0), x)["params"]
+  run = jax_runner(model, params, batches, lr, steps_total)
+  y, w = jnp.asarray(batches[0][:, 1:]), jnp.ones(x.shape, jnp.float32)
+  grad = jax.jit(jax.grad(lambda p: causal_lm_loss(model.apply({"params": p}, x), y, w)[0]))
+  run.cudnn = has_cudnn_fmha(grad.lower(params).compile().as_text())
   return run
 
 
