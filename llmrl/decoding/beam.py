@@ -183,9 +183,9 @@ def beam_search(adapter, params, ids, mask, s: Settings, k: Knobs) -> GenerateOu
 
 
 def segment_lengths(prompt_len: int, max_new_tokens: int) -> list[int]:
-  """Cache lengths of beam search's loop segments: up to 4, whole multiples of
-  32 new slots (shorter runs keep one segment: each segment compiles the model
-  step once more)."""
+  """Cache lengths of beam search's loop segments: up to 4 equal shares of the
+  new slots, at least 32 each (shorter runs keep one segment: each segment
+  compiles the model step once more)."""
   need = prompt_len + max_new_tokens - 1  # slots written by the last step
   n = max(1, min(_MAX_SEGMENTS, max_new_tokens // 32))
   per = -(-max_new_tokens // n)
