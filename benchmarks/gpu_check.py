@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from llmrl.models import GPT, GPTConfig, flops_per_token  # noqa: E402
 from llmrl.models.attention import attend  # noqa: E402
 from llmrl.objectives.lm import causal_lm_loss  # noqa: E402
-from train_vs_pytorch import jax_runner  # noqa: E402
+from train_vs_pytorch import _time, jax_runner  # noqa: E402
 
 IMPLS = ("plain", "blockwise", "jax")
 
@@ -178,12 +178,6 @@ def torch_runner(args, batches, lr):
   return run, dev
 
 
-def timed(fn):
-  t = time.perf_counter()
-  fn()
-  return time.perf_counter() - t
-
-
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--layers", type=int, default=12)
@@ -229,7 +223,7 @@ def main():
   rates = {k: [] for k in runners}
   for r in range(args.rounds):
     for k, run in runners.items():
-      rates[k].append(tokens / timed(lambda: run(args.steps)))
+      rates[k].append(tokens / _time(lambda: run(args.steps)))
     print(f"round {r + 1}/{args.rounds}: " + ", ".join(
         f"{k} {v[-1]:,.0f}" for k, v in rates.items()) + " tok/s", flush=True)
   med = {k: statistics.median(v) for k, v in rates.items()}
