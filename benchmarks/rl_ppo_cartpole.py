@@ -14,7 +14,9 @@ return is a final 128-episode evaluation.
 Figures: environment steps per second (compiled, after a warm-up run), wall
 time to solve (first evaluation with mean return >= 475, estimated from the
 evaluation's position in the run), final mean return; and llmrl's seeds
-trained with vmap vs one after another.
+trained three ways: one after another in one process, vmapped in one
+program, and as one process per seed running side by side (each compiles and
+warms up first, then all start together; the wall time covers training only).
 
 rejax 0.1.3 unpacks gymnax's pre-1.0 5-tuple `step`; gymnax 1.x returns
 (obs, state, reward, terminated, truncated, info), so rejax gets a CartPole
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -106,6 +110,36 @@ def bench_llmrl_vmap(seeds: int):
   return time.perf_counter() - t
 
 
+def worker(seed: int):
+  """One side-by-side process: compile and warm up, say "ready", train on "go", print seconds."""
+  train = jax.jit(loop.make_train(llmrl_config(False)))
+  key = jax.random.PRNGKey(seed)
+  jax.block_until_ready(train(key))
+  print("ready", flush=True)
+  sys.stdin.readline()
+  t = time.perf_counter()
+  jax.block_until_ready(train(key))
+  print(f"done {time.perf_counter() - t}", flush=True)
+
+
+def bench_llmrl_processes(seeds: int):
+  """(wall s from the common start until every process finished, [each process's own s])."""
+  procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(s)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True) for s in range(seeds)]
+  for p in procs:
+    if p.stdout.readline().strip() != "ready":
+      raise RuntimeError(f"worker process exited with {p.wait()} before training")
+  t = time.perf_counter()
+  for p in procs:
+    p.stdin.write("go\n")
+    p.stdin.flush()
+  own = [float(p.stdout.readline().split()[1]) for p in procs]
+  wall = time.perf_counter() - t
+  for p in procs:
+    p.wait()
+  return wall, own
+
+
 def rejax_algo(evaluate: bool):
   from gymnax.environments.classic_control.cartpole import CartPole
   from rejax import PPO
@@ -162,7 +196,10 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--seeds", type=int, default=3)
   ap.add_argument("--skip-sb3", action="store_true")
+  ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
   args = ap.parse_args()
+  if args.worker is not None:
+    return worker(args.worker)
   n = args.seeds
   print(f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s); "
         f"{TOTAL} env steps per run, {n} seeds")
@@ -214,8 +251,12 @@ def main():
           f"sb3 final return {s['final_return'][0]:.1f}")
   seq = sum(ours_tr["times"])
   vm = bench_llmrl_vmap(n)
-  print(f"\nllmrl {n} seeds: one after another {seq:.2f}s ({n * TOTAL / seq:,.0f} steps/s), "
-        f"vmapped {vm:.2f}s ({n * TOTAL / vm:,.0f} steps/s): {seq / vm:.2f}x")
+  side, own = bench_llmrl_processes(n)
+  print(f"\nllmrl {n} seeds, train only: one after another {seq:.2f}s ({n * TOTAL / seq:,.0f} "
+        f"steps/s); vmapped {vm:.2f}s ({n * TOTAL / vm:,.0f} steps/s, {seq / vm:.2f}x); "
+        f"{n} processes side by side {side:.2f}s ({n * TOTAL / side:,.0f} steps/s, "
+        f"{seq / side:.2f}x; each process {', '.join(f'{x:.2f}' for x in own)}s); "
+        f"processes over vmapped {vm / side:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Training throughput: llmrl's train step vs the same GPT-2 in transformers/PyTorch.
 
 Run: python benchmarks/train_vs_pytorch.py [--layers 6 --width 384 --heads 6 --seq 256
-     --batch 8 --vocab 8192 --steps 10 --rounds 3]
+     --batch 8 --vocab 8192 --steps 10 --rounds 3 --precision fp32]
 
 Both sides train the same architecture from the same weights (the PyTorch
 model is saved and imported with llmrl.interop.hf.load) with AdamW on the
@@ -10,6 +10,12 @@ hits both; the median round is reported. Also prints achieved FLOP/s as a
 fraction of the machine's measured fp32 matmul peak (the faster of a large
 jnp.dot and torch.mm), i.e. MFU on CPU, counting 6N + attention + logits
 FLOPs per token (llmrl.models.flops_per_token).
+
+`--precision bf16` compares mixed precision on both sides: llmrl computes in
+bfloat16 (`dtype=bfloat16`, float32 parameters and AdamW state) and PyTorch
+runs its forward pass under `torch.autocast("cpu", bfloat16)` (float32
+parameters); MFU is then against the bf16 matmul peak (on CPUs with AMX both
+libraries' bf16 matmuls are several times their fp32 rate).
 """
 
 from __future__ import annotations
@@ -36,15 +42,21 @@ from llmrl.train import optim  # noqa: E402
 from llmrl.train.step import TrainState, compiler_options, make_train_step  # noqa: E402
 
 
-def matmul_peak(n: int = 2048, reps: int = 10) -> dict:
-  """Best fp32 matmul FLOP/s of JAX and PyTorch on this machine."""
+def matmul_peak(n: int = 2048, reps: int = 10, precision: str = "fp32") -> dict:
+  """Best matmul FLOP/s of JAX and PyTorch on this machine, inputs in fp32 or bf16.
+
+  JAX's bf16 matmul accumulates in float32 (bf16 x bf16 -> f32), the form
+  llmrl's layers use and the one XLA runs on AMX; bf16 -> bf16 is ~5x slower.
+  """
   out = {}
-  a = jnp.asarray(np.random.rand(n, n).astype(np.float32))
-  f = jax.jit(lambda x: x @ x)
+  jdt, tdt = (jnp.bfloat16, torch.bfloat16) if precision == "bf16" else (jnp.float32,
+                                                                         torch.float32)
+  a = jnp.asarray(np.random.rand(n, n), jdt)
+  f = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))  # AMX for bf16
   f(a).block_until_ready()
   t = min(_time(lambda: f(a).block_until_ready()) for _ in range(reps))
   out["jax"] = 2 * n**3 / t
-  ta = torch.rand(n, n)
+  ta = torch.rand(n, n, dtype=tdt)
   torch.mm(ta, ta)
   t = min(_time(lambda: torch.mm(ta, ta)) for _ in range(reps))
   out["torch"] = 2 * n**3 / t
@@ -66,19 +78,22 @@ def build(args):
   pt = transformers.GPT2LMHeadModel(cfg)
   path = tempfile.mkdtemp()
   pt.save_pretrained(path)
-  model, params = hf.load(path, attention_impl=args.attention)
+  dtype = jnp.bfloat16 if args.precision == "bf16" else jnp.float32
+  model, params = hf.load(path, attention_impl=args.attention, dtype=dtype)
   return pt, model, params
 
 
-def torch_runner(pt, batches, lr):
+def torch_runner(pt, batches, lr, precision: str = "fp32"):
   pt.train()
+  autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
   opt = torch.optim.AdamW(pt.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
   data = [torch.from_numpy(b.astype(np.int64)) for b in batches]
 
   def run(steps):
     for i in range(steps):
       ids = data[i % len(data)]
-      loss = pt(input_ids=ids, labels=ids).loss
+      with autocast:
+        loss = pt(input_ids=ids, labels=ids).loss
       loss.backward()
       torch.nn.utils.clip_grad_norm_(pt.parameters(), 1.0)
       opt.step()
@@ -129,6 +144,8 @@ def main():
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--attention", default="plain")
   p.add_argument("--threads", type=int, default=os.cpu_count())
+  p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                 help="bf16: mixed precision on both sides (bf16 compute, fp32 params)")
   args = p.parse_args()
   torch.set_num_threads(args.threads)
 
@@ -137,7 +154,7 @@ def main():
   # Both sides see `seq` input tokens per row (PyTorch's labels shift internally).
   batches = [rng.randint(0, args.vocab, (args.batch, args.seq + 1)) for _ in range(4)]
   torch_batches = [b[:, :-1] for b in batches]
-  run_pt = torch_runner(pt, torch_batches, 3e-4)
+  run_pt = torch_runner(pt, torch_batches, 3e-4, args.precision)
   run_jx = jax_runner(model, params, batches, 3e-4, args.steps * (args.rounds + 1))
   print(f"devices: jax {jax.devices()[0].platform} x{jax.device_count()}, "
         f"torch threads {torch.get_num_threads()}", flush=True)
@@ -151,14 +168,14 @@ def main():
     print(f"round {r + 1}/{args.rounds}: pytorch {pt_rates[-1]:.0f} tok/s, "
           f"llmrl {jx_rates[-1]:.0f} tok/s", flush=True)
   pt_med, jx_med = statistics.median(pt_rates), statistics.median(jx_rates)
-  peak = matmul_peak()
+  peak = matmul_peak(precision=args.precision)
   best_peak = max(peak.values())
   fpt = flops_per_token(model.config, args.seq)
   print(f"model: {args.layers} layers, width {args.width}, seq {args.seq}, batch {args.batch}, "
-        f"vocab {args.vocab}, attention={args.attention}")
+        f"vocab {args.vocab}, attention={args.attention}, precision={args.precision}")
   print(f"pytorch: {pt_med:.0f} tok/s   llmrl: {jx_med:.0f} tok/s   ratio llmrl/pytorch: "
         f"{jx_med / pt_med:.2f}x")
-  print(f"matmul peak: jax {peak['jax'] / 1e9:.1f} GFLOP/s, torch {peak['torch'] / 1e9:.1f} "
+  print(f"{args.precision} matmul peak: jax {peak['jax'] / 1e9:.1f} GFLOP/s, torch {peak['torch'] / 1e9:.1f} "
         f"GFLOP/s; model FLOPs/token {fpt / 1e6:.1f}M")
   print(f"MFU (vs best peak {best_peak / 1e9:.1f} GFLOP/s): llmrl {jx_med * fpt / best_peak:.0%}, "
         f"pytorch {pt_med * fpt / best_peak:.0%}")

@@ -25,15 +25,52 @@ def _normal(std: float, names):
   return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), names)
 
 
+def low_precision(*xs) -> bool:
+  """True when an operand is a floating type narrower than float32 (bf16, fp16)."""
+  return any(jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32 for x in xs)
+
+
+def row_major_t(a):
+  """a [m, n] -> a.T [n, m] as a row-major copy.
+
+  XLA's CPU pipeline turns a bf16 dot whose operand is a transpose into a
+  float32 dot (converting both operands): ~270 instead of ~1000-1400 GFLOP/s
+  on a CPU with AMX. Through a flat view behind an optimization barrier the
+  transpose has to be materialised, so the dot keeps its bf16 operands. Needs
+  the barrier kept (`llmrl.train.step.compiler_options`); without it this is a
+  plain transpose.
+  """
+  t = a.T
+  return jax.lax.optimization_barrier(t.reshape(-1)).reshape(t.shape)
+
+
+def _mm(a, b, out_dtype):
+  """a [m, k] @ b [k, n] accumulated in float32, returned in out_dtype."""
+  return jnp.matmul(a, b, preferred_element_type=jnp.float32).astype(out_dtype)
+
+
+def _on_cpu_if_low(fast, plain, *args):
+  """fast(*args) on CPU for low-precision operands, else plain(*args)."""
+  if not low_precision(*args):
+    return plain(*args)
+  return jax.lax.platform_dependent(*args, cpu=fast, default=plain)
+
+
 def weight_grad(x2, g2):
   """x2 [rows, in], g2 [rows, out] -> x2^T g2 [in, out]: a weight's gradient.
 
   On CPU the smaller operand is transposed into a row-major matmul; left to
   itself XLA copies whichever operand its layout pass picks (often the larger:
-  the [rows, vocab] logits gradient, the [rows, mlp] MLP gradient).
+  the [rows, vocab] logits gradient, the [rows, mlp] MLP gradient). bf16
+  operands are transposed with `row_major_t` and accumulate in float32.
   """
+  out = jnp.result_type(x2, g2)
 
   def cpu(x2, g2):
+    if low_precision(x2, g2):
+      if x2.shape[1] <= g2.shape[1]:
+        return _mm(row_major_t(x2), g2, out)
+      return _mm(row_major_t(g2), x2, out).T
     if x2.shape[1] <= g2.shape[1]:
       return jax.lax.optimization_barrier(x2.T) @ g2
     return (jax.lax.optimization_barrier(g2.T) @ x2).T
@@ -41,10 +78,21 @@ def weight_grad(x2, g2):
   return jax.lax.platform_dependent(x2, g2, cpu=cpu, default=lambda a, b: a.T @ b)
 
 
+def _matrix(x, lead: int):
+  """x -> 2-D [prod(shape[:lead]), prod(shape[lead:])]."""
+  return x.reshape(math.prod(x.shape[:lead]), -1)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def contract(x, kernel, in_axes: int):
   """x [..., *in] . kernel [*in, *out] -> [..., *out] (tensordot over in_axes)."""
-  return jnp.tensordot(x, kernel, axes=in_axes)
+
+  def cpu(x, kernel):  # bf16 x bf16 -> f32 on AMX, rounded once
+    n_out = kernel.ndim - in_axes
+    y = _mm(_matrix(x, x.ndim - in_axes), _matrix(kernel, in_axes), x.dtype)
+    return y.reshape(*x.shape[: x.ndim - in_axes], *kernel.shape[kernel.ndim - n_out :])
+
+  return _on_cpu_if_low(cpu, lambda x, k: jnp.tensordot(x, k, axes=in_axes), x, kernel)
 
 
 def _contract_fwd(x, kernel, in_axes):
@@ -54,8 +102,16 @@ def _contract_fwd(x, kernel, in_axes):
 def _contract_bwd(in_axes, res, g):
   x, kernel = res
   n_out = kernel.ndim - in_axes
-  dx = jnp.tensordot(g, kernel, axes=(list(range(g.ndim - n_out, g.ndim)),
-                                      list(range(in_axes, kernel.ndim))))
+
+  def plain(g, kernel):
+    return jnp.tensordot(g, kernel, axes=(list(range(g.ndim - n_out, g.ndim)),
+                                          list(range(in_axes, kernel.ndim))))
+
+  def cpu(g, kernel):  # g [rows, out] @ kernel^T [out, in], materialised row-major
+    dx = _mm(_matrix(g, g.ndim - n_out), row_major_t(_matrix(kernel, in_axes)), g.dtype)
+    return dx.reshape(x.shape)
+
+  dx = _on_cpu_if_low(cpu, plain, g, kernel)
   n_in = math.prod(kernel.shape[:in_axes])
   dk = weight_grad(x.reshape(-1, n_in), g.reshape(-1, kernel.size // n_in))
   return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
@@ -67,7 +123,11 @@ contract.defvjp(_contract_fwd, _contract_bwd)
 @jax.custom_vjp
 def tied_logits(x, emb):
   """x [..., embed] . emb [vocab, embed]^T -> logits [..., vocab] (tied output layer)."""
-  return jnp.einsum("...d,vd->...v", x, emb)
+
+  def cpu(x, emb):  # x [rows, embed] @ emb^T [embed, vocab], materialised row-major
+    return _mm(_matrix(x, x.ndim - 1), row_major_t(emb), x.dtype).reshape(*x.shape[:-1], -1)
+
+  return _on_cpu_if_low(cpu, lambda x, e: jnp.einsum("...d,vd->...v", x, e), x, emb)
 
 
 def _tied_logits_fwd(x, emb):
@@ -76,13 +136,47 @@ def _tied_logits_fwd(x, emb):
 
 def _tied_logits_bwd(res, g):
   x, emb = res
-  dx = jnp.einsum("...v,vd->...d", g, emb)
+
+  def cpu(g, emb):  # g [rows, vocab] @ emb [vocab, embed]
+    return _mm(_matrix(g, g.ndim - 1), emb, g.dtype).reshape(*g.shape[:-1], -1)
+
+  dx = _on_cpu_if_low(cpu, lambda g, e: jnp.einsum("...v,vd->...d", g, e), g, emb)
   d = x.shape[-1]
   de = weight_grad(g.reshape(-1, g.shape[-1]), x.reshape(-1, d))  # [vocab, embed]
   return dx, de
 
 
 tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
+
+
+@jax.custom_vjp
+def add_bias(y, bias):
+  """y [..., *features] + bias [*features] (cast to y's dtype); for bf16/fp16 y.
+
+  Its gradient sums the rows in float32 as a matmul on CPU.
+  """
+  return y + bias.astype(y.dtype)
+
+
+def _add_bias_fwd(y, bias):
+  return add_bias(y, bias), bias
+
+
+def _add_bias_bwd(bias, g):
+  rows = g.size // bias.size
+
+  def plain(g2):
+    return jnp.sum(g2, axis=0, dtype=jnp.float32)
+
+  def cpu(g2):  # ones [1, rows] @ g2 [rows, n] in float32: XLA's CPU reduction of a
+    # converted bf16 gradient is a slow reduce-window (10 ms for [2048, 1536])
+    return _mm(jnp.ones((1, rows), g2.dtype), g2, jnp.float32)[0]
+
+  db = _on_cpu_if_low(cpu, plain, g.reshape(rows, bias.size))
+  return g, db.reshape(bias.shape).astype(bias.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
 class Dense(nn.Module):
@@ -113,7 +207,7 @@ class Dense(nn.Module):
       bias_axes = tuple(self.kernel_axes[self.in_axes :])
       init = nn.with_logical_partitioning(nn.initializers.zeros_init(), bias_axes)
       bias = self.param("bias", init, features, self.param_dtype)
-      y = y + bias.astype(self.dtype)
+      y = add_bias(y, bias) if low_precision(y) else y + bias.astype(self.dtype)
     return y
 
 

@@ -1,0 +1,100 @@
+"""bf16 Dense / tied-logits / bias on CPU: float32-accumulated values and gradients, bf16 dots."""
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llmrl.models.layers import Dense, contract, row_major_t, tied_logits
+from llmrl.train.step import compiler_options
+
+BF16 = jnp.bfloat16
+
+
+def _bf16(rng, *shape):
+  """A bf16 array and its exact float64 value."""
+  x = jnp.asarray(rng.randn(*shape), BF16)
+  return x, np.asarray(x.astype(jnp.float32), np.float64)
+
+
+def _dot_operand_types(hlo: str) -> list:
+  """Element types of every dot's operands in an optimised HLO module."""
+  types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo))
+  return [[types[name] for name in re.findall(r"%([\w.\-]+)", m)]
+          for m in re.findall(r" dot\(([^)]*)\)", hlo)]
+
+
+def _compiled(fn, *args) -> str:
+  return jax.jit(fn, compiler_options=compiler_options("cpu")).lower(*args).compile().as_text()
+
+
+def _close(a, ref, scale):
+  """bf16 outputs: each value rounded once (2^-8 relative) after float32 accumulation."""
+  np.testing.assert_allclose(np.asarray(jnp.asarray(a, jnp.float32)), ref, rtol=2e-2,
+                             atol=2e-2 * scale)
+
+
+@pytest.mark.parametrize("kernel_shape,in_axes", [
+    ((24, 40), 1), ((40, 24), 1), ((24, 2, 8), 1), ((2, 8, 24), 2)])
+def test_bf16_contract_values_grads_and_dots(kernel_shape, in_axes):
+  rng = np.random.RandomState(0)
+  x, x64 = _bf16(rng, 3, 16, *kernel_shape[:in_axes])
+  k, k64 = _bf16(rng, *kernel_shape)
+  w, w64 = _bf16(rng, 3, 16, *kernel_shape[in_axes:])
+  loss = lambda x, k: jnp.sum(contract(x, k, in_axes).astype(jnp.float32) * w)  # noqa: E731
+  fn = jax.jit(jax.grad(loss, argnums=(0, 1)), compiler_options=compiler_options("cpu"))
+  dx, dk = fn(x, k)
+  assert contract(x, k, in_axes).dtype == BF16 and dx.dtype == BF16 and dk.dtype == BF16
+  n_out, n_batch = k.ndim - in_axes, 2
+  y_ref = np.tensordot(x64, k64, axes=in_axes)
+  dx_ref = np.tensordot(w64, k64, axes=(list(range(w.ndim - n_out, w.ndim)),
+                                        list(range(in_axes, k.ndim))))
+  dk_ref = np.tensordot(x64, w64, axes=(list(range(n_batch)), list(range(n_batch))))
+  _close(jax.jit(contract, static_argnums=2)(x, k, in_axes), y_ref, np.abs(y_ref).max())
+  _close(dx, dx_ref, np.abs(dx_ref).max())
+  _close(dk, dk_ref, np.abs(dk_ref).max())
+  # Every matmul of the forward and backward pass reads bf16 operands (no float32 upcast).
+  ops = _dot_operand_types(_compiled(jax.value_and_grad(loss, argnums=(0, 1)), x, k))
+  assert len(ops) == 3 and all(t == ["bf16", "bf16"] for t in ops), ops
+
+
+def test_bf16_tied_logits_values_grads_and_dots():
+  rng = np.random.RandomState(1)
+  x, x64 = _bf16(rng, 2, 8, 16)    # [batch, length, embed]
+  e, e64 = _bf16(rng, 48, 16)      # [vocab, embed]
+  w, w64 = _bf16(rng, 2, 8, 48)
+  loss = lambda x, e: jnp.sum(tied_logits(x, e).astype(jnp.float32) * w)  # noqa: E731
+  dx, de = jax.jit(jax.grad(loss, argnums=(0, 1)), compiler_options=compiler_options("cpu"))(x, e)
+  y_ref = np.einsum("bld,vd->blv", x64, e64)
+  dx_ref, de_ref = np.einsum("blv,vd->bld", w64, e64), np.einsum("blv,bld->vd", w64, x64)
+  _close(jax.jit(tied_logits)(x, e), y_ref, np.abs(y_ref).max())
+  _close(dx, dx_ref, np.abs(dx_ref).max())
+  _close(de, de_ref, np.abs(de_ref).max())
+  ops = _dot_operand_types(_compiled(jax.value_and_grad(loss, argnums=(0, 1)), x, e))
+  assert len(ops) == 3 and all(t == ["bf16", "bf16"] for t in ops), ops
+
+
+def test_bf16_dense_bias_gradient_is_float32_row_sum():
+  rng = np.random.RandomState(2)
+  x, x64 = _bf16(rng, 4, 32, 12)
+  w, w64 = _bf16(rng, 4, 32, 20)
+  dense = Dense(20, ("embed", "mlp"), use_bias=True, dtype=BF16)
+  params = nn.unbox(dense.init(jax.random.PRNGKey(0), x))["params"]
+  params["bias"] = jnp.asarray(rng.randn(20), jnp.float32)
+  loss = lambda p: jnp.sum(dense.apply({"params": p}, x).astype(jnp.float32) * w)  # noqa: E731
+  grads = jax.jit(jax.grad(loss), compiler_options=compiler_options("cpu"))(params)
+  assert grads["bias"].dtype == jnp.float32
+  np.testing.assert_allclose(grads["bias"], w64.sum((0, 1)), rtol=1e-6, atol=1e-5)
+  k64 = np.asarray(params["kernel"].astype(BF16).astype(jnp.float32), np.float64)
+  b64 = np.asarray(params["bias"].astype(BF16).astype(jnp.float32), np.float64)
+  y_ref = x64 @ k64 + b64
+  _close(dense.apply({"params": params}, x), y_ref, np.abs(y_ref).max())
+
+
+def test_row_major_t_is_a_transpose():
+  a = jnp.arange(12.0, dtype=BF16).reshape(3, 4)
+  t = jax.jit(row_major_t, compiler_options=compiler_options("cpu"))(a)
+  np.testing.assert_array_equal(np.asarray(t, np.float32), np.asarray(a, np.float32).T)
