@@ -96,18 +96,23 @@ def _bwd(causal, res, dout):
   qg, kb, vb, kib, vab, ksb, bb, q_index, q_segment, out, lse = res
   dout = dout.astype(jnp.float32)  # [b, kvh, g, lq, d]
   delta = jnp.sum(dout * out, -1)  # [b, kvh, g, lq]
-  qf = qg.astype(jnp.float32)
+  # The four matmuls read operands in the inputs' dtype and accumulate in
+  # float32 (as FlashAttention's backward does): for bf16 inputs, bf16 dots
+  # (AMX on CPU) instead of float32 ones; for float32 inputs nothing changes.
+  lo = qg.dtype
+  dout_lo = dout.astype(lo)
+  mm = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)
 
   def body(dq, x):
     kb_j, vb_j, ki_j, va_j, ks_j, bb_j = x
     mask = _mask(q_index, q_segment, ki_j, va_j, ks_j, causal)
     s = _block_scores(qg, kb_j, bb_j)
     p = jnp.where(mask, jnp.exp(s - lse[..., None]), 0.0)  # [b, kvh, g, lq, blk]
-    dv = jnp.einsum("bkgqs,bkgqd->bskd", p, dout)  # [b, blk, kvh, d]
-    dp = jnp.einsum("bkgqd,bskd->bkgqs", dout, vb_j.astype(jnp.float32))
+    dv = mm("bkgqs,bkgqd->bskd", p.astype(lo), dout_lo)  # [b, blk, kvh, d]
+    dp = mm("bkgqd,bskd->bkgqs", dout_lo, vb_j.astype(lo))
     ds = p * (dp - delta[..., None])  # [b, kvh, g, lq, blk]
-    dq = dq + jnp.einsum("bkgqs,bskd->bqkgd", ds, kb_j.astype(jnp.float32))
-    dk = jnp.einsum("bkgqs,bqkgd->bskd", ds, qf)  # [b, blk, kvh, d]
+    dq = dq + mm("bkgqs,bskd->bqkgd", ds.astype(lo), kb_j.astype(lo))
+    dk = mm("bkgqs,bqkgd->bskd", ds.astype(lo), qg)  # [b, blk, kvh, d]
     # d(scores)/d(bias) = 1: the bias gradient is ds, summed over a broadcast batch.
     db = None
     if bb_j is not None:
