@@ -126,14 +126,23 @@ def bench_llmrl_processes(seeds: int):
   """(wall s from the common start until every process finished, [each process's own s])."""
   procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(s)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True) for s in range(seeds)]
+
+  def expect(p, word: str) -> str:
+    line = p.stdout.readline()
+    if not line.startswith(word):
+      for q in procs:
+        q.kill()
+      raise RuntimeError(f"worker process {p.args[-1]} exited with {p.wait()} instead of saying "
+                         f"{word!r}; run `{' '.join(p.args)}` to see its error")
+    return line
+
   for p in procs:
-    if p.stdout.readline().strip() != "ready":
-      raise RuntimeError(f"worker process exited with {p.wait()} before training")
+    expect(p, "ready")
   t = time.perf_counter()
   for p in procs:
     p.stdin.write("go\n")
     p.stdin.flush()
-  own = [float(p.stdout.readline().split()[1]) for p in procs]
+  own = [float(expect(p, "done").split()[1]) for p in procs]
   wall = time.perf_counter() - t
   for p in procs:
     p.wait()

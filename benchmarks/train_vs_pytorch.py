@@ -175,8 +175,8 @@ def main():
         f"vocab {args.vocab}, attention={args.attention}, precision={args.precision}")
   print(f"pytorch: {pt_med:.0f} tok/s   llmrl: {jx_med:.0f} tok/s   ratio llmrl/pytorch: "
         f"{jx_med / pt_med:.2f}x")
-  print(f"{args.precision} matmul peak: jax {peak['jax'] / 1e9:.1f} GFLOP/s, torch {peak['torch'] / 1e9:.1f} "
-        f"GFLOP/s; model FLOPs/token {fpt / 1e6:.1f}M")
+  print(f"{args.precision} matmul peak: jax {peak['jax'] / 1e9:.1f} GFLOP/s, "
+        f"torch {peak['torch'] / 1e9:.1f} GFLOP/s; model FLOPs/token {fpt / 1e6:.1f}M")
   print(f"MFU (vs best peak {best_peak / 1e9:.1f} GFLOP/s): llmrl {jx_med * fpt / best_peak:.0%}, "
         f"pytorch {pt_med * fpt / best_peak:.0%}")
 
