@@ -26,6 +26,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -127,15 +128,30 @@ def has_cudnn_fmha(hlo_text: str) -> bool:
 
 
 def matmul_peak(dtype, n=8192, reps=10):
-  a = jnp.ones((n, n), dtype)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  best = float("inf")
+  """Median FLOP/s of an n^3 matmul on random data (zeros or ones can run faster)."""
+  ka, kb = jax.random.split(jax.random.PRNGKey(0))
+  a = jax.random.normal(ka, (n, n), dtype)
+  b = jax.random.normal(kb, (n, n), dtype)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, b).block_until_ready()
+  times = []
   for _ in range(reps):
     t = time.perf_counter()
-    f(a).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2 * n**3 / best
+    f(a, b).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * n**3 / statistics.median(times)
+
+
+def section(title, fn, *args):
+  """Runs one part of the check; a failure prints its traceback and the rest still runs."""
+  t = time.perf_counter()
+  try:
+    return fn(*args)
+  except Exception:  # noqa: BLE001 - report and go on to the next part
+    print(f"!! {title} failed:\n{traceback.format_exc()}", flush=True)
+    return None
+  finally:
+    print(f"   ({title}: {time.perf_counter() - t:.1f} s)", flush=True)
 
 
 def llmrl_runner(cfg, batches, lr, steps_total):
@@ -178,29 +194,13 @@ def torch_runner(args, batches, lr):
   return run, dev
 
 
-def main():
-  p = argparse.ArgumentParser()
-  p.add_argument("--layers", type=int, default=12)
-  p.add_argument("--width", type=int, default=768)
-  p.add_argument("--heads", type=int, default=12)
-  p.add_argument("--seq", type=int, default=1024)
-  p.add_argument("--batch", type=int, default=16)
-  p.add_argument("--vocab", type=int, default=50304)
-  p.add_argument("--steps", type=int, default=20)
-  p.add_argument("--rounds", type=int, default=3)
-  p.add_argument("--skip-torch", action="store_true")
-  p.add_argument("--skip-attention", action="store_true")
-  args = p.parse_args()
-  dev = jax.devices()[0]
-  print(f"jax {jax.__version__} on {dev.platform}: {dev.device_kind}", flush=True)
-  worst = {} if args.skip_attention else check_attention(np.random.default_rng(0), 64)
-  for (impl, tag), e in sorted(worst.items()):
-    print(f"  worst {impl:9s} {tag:8s} {e:.2e}")
+def cudnn_report():
   print(f"== cuDNN fused attention in the compiled 'jax' kernel: pure causal "
         f"{cudnn_used(False)}, causal with segment ids {cudnn_used(True)}", flush=True)
 
-  peak = matmul_peak(jnp.bfloat16)
-  print(f"== bf16 matmul peak (8192^3 jnp.dot): {peak / 1e12:.1f} TFLOP/s", flush=True)
+
+def train_throughput(args, peak):
+  """Train-step tokens/s and MFU of llmrl (each attention kernel) and PyTorch, rounds alternated."""
   rng = np.random.RandomState(0)
   batches = [rng.randint(0, args.vocab, (args.batch, args.seq + 1)) for _ in range(4)]
   tokens = args.batch * args.seq * args.steps
@@ -211,15 +211,21 @@ def main():
   fpt = flops_per_token(base, args.seq)
   print(f"model: {args.layers} layers, width {args.width}, seq {args.seq}, batch {args.batch}, "
         f"vocab {args.vocab}; {fpt / 1e9:.2f} GFLOP per token", flush=True)
-  runners = {f"llmrl {impl}": llmrl_runner(base.replace(attention_impl=impl), batches, 3e-4,
-                                           steps_total) for impl in IMPLS}
-  print(f"== train step of the 'jax' kernel calls cuDNN fused attention: "
-        f"{runners['llmrl jax'].cudnn}", flush=True)
+  runners = {}
+  for impl in args.impls.split(","):
+    t = time.perf_counter()
+    run = section(f"llmrl {impl} build", llmrl_runner, base.replace(attention_impl=impl),
+                  batches, 3e-4, steps_total)
+    if run is None:
+      continue
+    if section(f"llmrl {impl} warm-up", run, 3) is not None:
+      runners[f"llmrl {impl}"] = run
+      print(f"   llmrl {impl}: built and compiled in {time.perf_counter() - t:.1f} s; gradient "
+            f"calls cuDNN fused attention: {run.cudnn}", flush=True)
   if not args.skip_torch:
-    run_pt, tdev = torch_runner(args, batches, 3e-4)
-    runners[f"pytorch ({tdev}, sdpa, autocast bf16)"] = run_pt
-  for run in runners.values():
-    run(3)  # compile / warm up
+    built = section("pytorch build", torch_runner, args, batches, 3e-4)
+    if built is not None and section("pytorch warm-up", built[0], 3) is not None:
+      runners[f"pytorch ({built[1]}, sdpa, autocast bf16)"] = built[0]
   rates = {k: [] for k in runners}
   for r in range(args.rounds):
     for k, run in runners.items():
@@ -230,7 +236,36 @@ def main():
   ref = next((v for k, v in med.items() if k.startswith("pytorch")), None)
   for k, v in med.items():
     ratio = f", {v / ref:.2f}x pytorch" if ref else ""
-    print(f"  {k:40s} {v:12,.0f} tok/s  MFU {v * fpt / peak:.1%}{ratio}")
+    print(f"  {k:40s} {v:12,.0f} tok/s  MFU {v * fpt / peak:.1%}{ratio}", flush=True)
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--layers", type=int, default=12)
+  p.add_argument("--width", type=int, default=768)
+  p.add_argument("--heads", type=int, default=12)
+  p.add_argument("--seq", type=int, default=1024)
+  p.add_argument("--batch", type=int, default=16)
+  p.add_argument("--vocab", type=int, default=50304)
+  p.add_argument("--steps", type=int, default=20)
+  p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--impls", default=",".join(IMPLS), help="llmrl attention kernels to time")
+  p.add_argument("--skip-torch", action="store_true")
+  p.add_argument("--skip-attention", action="store_true")
+  args = p.parse_args()
+  dev = jax.devices()[0]
+  print(f"jax {jax.__version__} on {dev.platform}: {dev.device_kind}", flush=True)
+  if not args.skip_attention:
+    worst = section("attention agreement", check_attention, np.random.default_rng(0), 64) or {}
+    for (impl, tag), e in sorted(worst.items()):
+      print(f"  worst {impl:9s} {tag:8s} {e:.2e}")
+  section("cuDNN check", cudnn_report)
+  n = 8192 if dev.platform == "gpu" else 1024  # CPU: a dry run
+  peak = section("matmul peak", matmul_peak, jnp.bfloat16, n)
+  if peak:
+    print(f"== bf16 matmul peak ({n}^3 jnp.dot, random data, median of 10): "
+          f"{peak / 1e12:.1f} TFLOP/s", flush=True)
+    section("train throughput", train_throughput, args, peak)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from llmrl.models import (
   flops_per_token,
   init_cache,
 )
-from llmrl.models.attention import attend
+from llmrl.models.attention import attend, use_cudnn
 from llmrl.models.layers import gradient_barrier
 from llmrl.train.step import compiler_options
 
@@ -186,6 +186,31 @@ def test_model_impls_agree(name):
   for impl in ("blockwise", "jax"):
     out = forward(cfg.replace(attention_impl=impl, attention_block_size=4))(params, ids, None, segs)
     np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "platform, dtype, lq, lk, d, bias, masked, want",
+  [
+    ("gpu", jnp.bfloat16, 64, 64, 64, False, False, True),  # training / prefill
+    ("gpu", jnp.float16, 64, 64, 128, False, True, True),  # packed or padded rows
+    ("gpu", jnp.bfloat16, 63, 63, 72, False, False, True),  # odd length, pure causal
+    ("gpu", jnp.bfloat16, 63, 63, 64, False, True, False),  # odd length with a mask
+    ("cpu", jnp.bfloat16, 64, 64, 64, False, False, False),  # cuDNN is GPU only
+    ("tpu", jnp.bfloat16, 64, 64, 64, False, False, False),
+    ("gpu", jnp.float32, 64, 64, 64, False, False, False),  # cuDNN flash takes 16-bit inputs
+    ("gpu", jnp.bfloat16, 1, 64, 64, False, True, False),  # a decode step against the cache
+    ("gpu", jnp.bfloat16, 64, 64, 60, False, False, False),  # head_dim not a multiple of 8
+    ("gpu", jnp.bfloat16, 64, 64, 136, False, False, False),  # head_dim over 128
+    ("gpu", jnp.bfloat16, 64, 64, 64, True, False, False),  # T5's relative bias
+  ],
+)
+def test_jax_kernel_asks_for_cudnn_only_where_it_applies(
+  platform, dtype, lq, lk, d, bias, masked, want
+):
+  q = jnp.zeros((2, lq, 4, d), dtype)
+  k = jnp.zeros((2, lk, 2, d), dtype)
+  b = jnp.zeros((1, 4, lq, lk)) if bias else None
+  assert use_cudnn(q, k, b, platform, masked) is want
 
 
 @pytest.mark.parametrize(

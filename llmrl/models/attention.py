@@ -7,8 +7,9 @@ Three interchangeable kernels compute softmax(q k^T / sqrt(d)) v, selected by
 * "blockwise": pure-JAX memory-efficient attention: `lax.scan` over key blocks
                with an online (flash-style) softmax and a hand-written
                backward pass (llmrl/models/flash.py): memory linear in length.
-* "jax":       `jax.nn.dot_product_attention` (cuDNN flash attention on GPU,
-               XLA elsewhere).
+* "jax":       `jax.nn.dot_product_attention`: cuDNN's fused flash attention
+               on GPU where cuDNN takes the inputs (see `use_cudnn`), XLA
+               otherwise.
 
 Scores and softmax are always float32, whatever the compute dtype.
 
@@ -139,13 +140,45 @@ def blockwise_attention(
   return out.reshape(b, lq, h, d).astype(v.dtype)  # [b, lq, h, d]
 
 
+def use_cudnn(q, k, bias, platform: str, masked: bool) -> bool:
+  """Whether the "jax" kernel asks for cuDNN's fused attention: on GPU, for bf16/fp16
+  self-attention over whole sequences (training, prefill) with head_dim a multiple of 8
+  up to 128 and no score bias. A mask (packed or padded rows; jax hands it to cuDNN as a
+  bias) also needs an even length. Everything else (CPU, float32, decode steps, T5's
+  relative bias) takes `jax.nn.dot_product_attention`'s XLA implementation.
+
+  q [b, lq, h, d], k [b, lk, kvh, d]; platform: the backend the program compiles for;
+  masked: whether a mask tensor goes in (False for pure causal attention).
+  """
+  d = q.shape[-1]
+  return (
+    platform == "gpu"
+    and q.dtype in (jnp.bfloat16, jnp.float16)
+    and k.dtype == q.dtype
+    and d % 8 == 0
+    and d <= 128
+    and q.shape[1] == k.shape[1]
+    and bias is None
+    and not (masked and q.shape[1] % 2)
+  )
+
+
 def jax_attention(q, k, v, mask, causal_only: bool, bias=None, scale=None):
-  """`jax.nn.dot_product_attention`; pure causal masks use `is_causal` (cuDNN fast path)."""
+  """`jax.nn.dot_product_attention`; pure causal masks use `is_causal` (no mask tensor), and
+  cuDNN's fused kernel is requested on GPU where it applies (`use_cudnn`).
+
+  The platform is the default backend at trace time.
+  """
+  impl = "cudnn" if use_cudnn(q, k, bias, jax.default_backend(), not causal_only) else None
   if bias is not None:
     bias = bias.astype(jnp.float32)  # [b|1, h, lq, lk]
   if causal_only:
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, is_causal=True)
-  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale)
+    return jax.nn.dot_product_attention(
+      q, k, v, bias=bias, scale=scale, is_causal=True, implementation=impl
+    )
+  return jax.nn.dot_product_attention(
+    q, k, v, bias=bias, mask=mask, scale=scale, implementation=impl
+  )
 
 
 def attend(
