@@ -179,13 +179,14 @@ def torch_runner(args, batches, lr):
   model = transformers.GPT2LMHeadModel(cfg).to(dev).train()
   opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1,
                           fused=dev == "cuda")
+  fwd = torch.compile(model) if args.torch_compile else model
   data = [torch.from_numpy(b[:, :-1].astype(np.int64)).to(dev) for b in batches]
 
   def run(steps):
     for i in range(steps):
       ids = data[i % len(data)]
       with torch.autocast(dev, dtype=torch.bfloat16):
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = fwd(input_ids=ids, labels=ids).loss
       loss.backward()
       torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
       opt.step()
@@ -225,7 +226,8 @@ def train_throughput(args, peak):
   if not args.skip_torch:
     built = section("pytorch build", torch_runner, args, batches, 3e-4)
     if built is not None and section("pytorch warm-up", built[0], 3) is not None:
-      runners[f"pytorch ({built[1]}, sdpa, autocast bf16)"] = built[0]
+      tag = ", torch.compile" if args.torch_compile else ""
+      runners[f"pytorch ({built[1]}, sdpa, autocast bf16{tag})"] = built[0]
   rates = {k: [] for k in runners}
   for r in range(args.rounds):
     for k, run in runners.items():
@@ -251,6 +253,7 @@ def main():
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--impls", default=",".join(IMPLS), help="llmrl attention kernels to time")
   p.add_argument("--skip-torch", action="store_true")
+  p.add_argument("--torch-compile", action="store_true", help="the PyTorch peer under torch.compile")
   p.add_argument("--skip-attention", action="store_true")
   args = p.parse_args()
   dev = jax.devices()[0]
