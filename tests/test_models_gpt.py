@@ -16,7 +16,7 @@ from llmrl.models import (
   flops_per_token,
   init_cache,
 )
-from llmrl.models.attention import attend, use_cudnn
+from llmrl.models.attention import attend, resolve_impl, use_cudnn
 from llmrl.models.layers import gradient_barrier
 from llmrl.train.step import compiler_options
 
@@ -186,6 +186,27 @@ def test_model_impls_agree(name):
   for impl in ("blockwise", "jax"):
     out = forward(cfg.replace(attention_impl=impl, attention_block_size=4))(params, ids, None, segs)
     np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "impl, platform, want",
+  [("auto", "gpu", "jax"), ("auto", "cpu", "plain"), ("auto", "tpu", "plain"),
+   ("blockwise", "gpu", "blockwise"), ("plain", "gpu", "plain"), ("jax", "cpu", "jax")],
+)
+def test_auto_attention_resolves_per_platform(impl, platform, want):
+  assert resolve_impl(impl, platform) == want
+
+
+def test_auto_attention_is_plain_on_cpu():
+  q, k, v = _qkv(2, 11, 11, 4, 2, 8)
+  idx = jnp.arange(11)
+  segs = jnp.array([[1] * 4 + [2] * 7, [1] * 9 + [0] * 2])
+  out = {impl: attend(q, k, v, idx, idx, segs, segs, causal=True, impl=impl, block_size=4)
+         for impl in ("auto", "plain", "blockwise")}
+  np.testing.assert_array_equal(out["auto"], out["plain"])
+  assert not np.array_equal(out["auto"], out["blockwise"])  # a different kernel's rounding
+  with pytest.raises(ValueError, match="attention_impl='flash'"):
+    attend(q, k, v, idx, idx, segs, segs, causal=True, impl="flash", block_size=4)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ Three interchangeable kernels compute softmax(q k^T / sqrt(d)) v, selected by
 * "blockwise": pure-JAX memory-efficient attention: `lax.scan` over key blocks
                with an online (flash-style) softmax and a hand-written
                backward pass (llmrl/models/flash.py): memory linear in length.
+* "auto":      "jax" when the program compiles for GPU (cuDNN), "plain" elsewhere;
+               the experiment configs' default.
 * "jax":       `jax.nn.dot_product_attention`: cuDNN's fused flash attention
                on GPU where cuDNN takes the inputs (see `use_cudnn`), XLA
                otherwise.
@@ -40,7 +42,7 @@ from flax import linen as nn
 from llmrl.models.flash import SHARED_SEGMENT, flash_attention, segments_visible  # noqa: F401
 from llmrl.models.layers import Dense, apply_rope
 
-ATTENTION_IMPLS = ("plain", "blockwise", "jax")
+ATTENTION_IMPLS = ("auto", "plain", "blockwise", "jax")
 _NEG = -1e30  # finite "minus infinity" for masked scores (float32)
 
 
@@ -163,6 +165,14 @@ def use_cudnn(q, k, bias, platform: str, masked: bool) -> bool:
   )
 
 
+def resolve_impl(impl: str, platform: str) -> str:
+  """The kernel `impl` names on `platform`: "auto" is "jax" on GPU (cuDNN's fused attention
+  where it applies, see `use_cudnn`) and "plain" elsewhere; other names are themselves."""
+  if impl == "auto":
+    return "jax" if platform == "gpu" else "plain"
+  return impl
+
+
 def jax_attention(q, k, v, mask, causal_only: bool, bias=None, scale=None):
   """`jax.nn.dot_product_attention`; pure causal masks use `is_causal` (no mask tensor), and
   cuDNN's fused kernel is requested on GPU where it applies (`use_cudnn`).
@@ -201,6 +211,7 @@ def attend(
   bias: optional [batch or 1, heads, lq, lk] added to the scores; scale:
   multiplier of q.k (None = head_dim**-0.5).
   """
+  impl = resolve_impl(impl, jax.default_backend())
   if impl == "blockwise":
     return blockwise_attention(
       q, k, v, q_index, k_index, q_segment, k_segment, causal, block_size, scale, bias

@@ -56,7 +56,7 @@ from llmrl.models.layers import MLP, MLPS, Dense, Embed, RelativePositionBias, R
 from llmrl.models.moe import MoE, MoEConfig
 
 T5_STYLES = ("v1_0", "v1_1")
-T5_ATTENTION_IMPLS = ("plain", "blockwise", "jax")  # all three take the relative bias
+T5_ATTENTION_IMPLS = ("auto", "plain", "blockwise", "jax")  # all three take the relative bias
 _STYLE_DEFAULTS = {"v1_0": ("relu", True, True), "v1_1": ("geglu", False, False)}
 
 

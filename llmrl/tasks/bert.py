@@ -32,7 +32,7 @@ def model_config_block() -> ml_collections.ConfigDict:
   c.max_len = 0  # position table rows; 0 = config.train.seq_len
   c.activation = "gelu_exact"  # "gelu_exact" (BERT) | "gelu" (tanh) | "relu"
   c.dropout_rate = 0.0
-  c.attention_impl = "plain"  # "plain" | "blockwise" | "jax"
+  c.attention_impl = "auto"  # "auto" (GPU: "jax", else "plain") | "plain" | "blockwise" | "jax"
   c.dtype = "float32"  # compute dtype; params stay float32
   c.remat = "none"  # "none" | "full" | "dots"
   c.moe = moe_lib.config_block()  # mixture of experts (num_experts = 0: dense)
@@ -50,7 +50,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Shape and enum checks with config key names, before anything compiles."""
   c, seq_len = config.model, config.train.seq_len
   check_enum("model.activation", c.activation, ("gelu_exact", "gelu", "relu"))
-  check_enum("model.attention_impl", c.attention_impl, ("plain", "blockwise", "jax"))
+  check_enum("model.attention_impl", c.attention_impl, ("auto", "plain", "blockwise", "jax"))
   check_enum("model.dtype", c.dtype, DTYPES)
   check_enum("model.remat", c.remat, ("none", "full", "dots"))
   for k in ("num_layers", "d_model", "num_heads", "d_ff"):

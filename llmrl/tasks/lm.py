@@ -35,7 +35,7 @@ def model_config_block() -> ml_collections.ConfigDict:
   c.max_len = 0               # 0 = config.train.seq_len
   c.dropout_rate = 0.0
   c.tie_embeddings = True
-  c.attention_impl = "plain"  # "plain" | "blockwise" | "jax"
+  c.attention_impl = "auto"  # "auto" (GPU: "jax", else "plain") | "plain" | "blockwise" | "jax"
   c.attention_block_size = 128
   c.dtype = "float32"         # compute dtype; params stay float32
   c.remat = "none"            # "none" | "full" | "dots"
@@ -48,7 +48,7 @@ def model_config_block() -> ml_collections.ConfigDict:
 def validate_model(c: ml_collections.ConfigDict, seq_len: int) -> None:
   """Shape and enum checks with config key names, before anything compiles."""
   check_enum("model.style", c.style, ("gpt2", "llama"))
-  check_enum("model.attention_impl", c.attention_impl, ("plain", "blockwise", "jax"))
+  check_enum("model.attention_impl", c.attention_impl, ("auto", "plain", "blockwise", "jax"))
   check_enum("model.dtype", c.dtype, DTYPES)
   check_enum("model.remat", c.remat, ("none", "full", "dots"))
   for k in ("num_layers", "d_model", "num_heads", "d_ff"):

@@ -36,7 +36,7 @@ def model_config_block() -> ml_collections.ConfigDict:
   c.relative_buckets = 32
   c.relative_max_distance = 128
   c.dropout_rate = 0.0
-  c.attention_impl = "plain"  # "plain" | "blockwise" | "jax" (all take the relative bias)
+  c.attention_impl = "auto"  # "auto" (GPU: "jax", else "plain") | "plain" | "blockwise" | "jax"
   c.attention_block_size = 128
   c.dtype = "float32"  # compute dtype; params stay float32
   c.remat = "none"  # "none" | "full" | "dots"
@@ -56,7 +56,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Shape and enum checks with config key names, before anything compiles."""
   c, o = config.model, config.objective
   check_enum("model.style", c.style, ("v1_0", "v1_1"))
-  check_enum("model.attention_impl", c.attention_impl, ("plain", "blockwise", "jax"))
+  check_enum("model.attention_impl", c.attention_impl, ("auto", "plain", "blockwise", "jax"))
   check_positive("model.attention_block_size", c.get("attention_block_size", 128))
   check_enum("model.dtype", c.dtype, DTYPES)
   check_enum("model.remat", c.remat, ("none", "full", "dots"))
