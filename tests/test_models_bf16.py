@@ -1,4 +1,4 @@
-"""bf16 compute on CPU: Dense, tied logits, bias and blockwise attention accumulate in float32
+"""bf16 compute on CPU: Dense, tied logits, bias, blockwise and plain attention accumulate in float32
 and their matmuls keep bf16 operands (XLA runs those on AMX; float32 upcasts are ~5x slower)."""
 
 import re
@@ -102,8 +102,9 @@ def test_row_major_t_is_a_transpose():
   np.testing.assert_array_equal(np.asarray(t, np.float32), np.asarray(a, np.float32).T)
 
 
+@pytest.mark.parametrize("impl", ["blockwise", "plain"])
 @pytest.mark.parametrize("causal", [True, False])
-def test_bf16_blockwise_attention_grads_match_float32_plain(causal):
+def test_bf16_attention_grads_match_float32_plain(causal, impl):
   rng = np.random.RandomState(3)
   q, k, v = (_bf16(rng, *s)[0] for s in ((2, 11, 4, 8), (2, 11, 2, 8), (2, 11, 2, 8)))  # GQA
   w = jnp.asarray(rng.randn(2, 11, 4, 8), jnp.float32)
@@ -118,11 +119,34 @@ def test_bf16_blockwise_attention_grads_match_float32_plain(causal):
                               compiler_options=compiler_options("cpu"))
   f32 = [a.astype(jnp.float32) for a in (q, k, v)]
   want = grad("plain")(*f32, "plain")  # float32 reference on the same (bf16-exact) inputs
-  got = grad("blockwise")(q, k, v, "blockwise")
+  got = grad(impl)(q, k, v, impl)
   for name, g, ref in zip("qkv", got, want):
     assert g.dtype == BF16, name
     err = float(jnp.max(jnp.abs(g.astype(jnp.float32) - ref)) / jnp.max(jnp.abs(ref)))
     assert err < 1e-2, (name, err)  # measured 0.25-0.7%; dp off by 1% gives 1.2-2.2%
-  hlo = _compiled(lambda q, k, v: jax.grad(loss, argnums=(0, 1, 2))(q, k, v, "blockwise"), q, k, v)
+  hlo = _compiled(lambda q, k, v: jax.grad(loss, argnums=(0, 1, 2))(q, k, v, impl), q, k, v)
   ops = _dot_operand_types(hlo)
   assert len(ops) >= 6 and all(t == ["bf16", "bf16"] for t in ops), ops
+
+
+def test_bf16_plain_attention_with_bias_matches_float32():
+  """T5's case: a float32 score bias broadcast over the batch, and its gradient."""
+  rng = np.random.RandomState(5)
+  q, k, v = (_bf16(rng, 2, 10, 4, 8)[0] for _ in range(3))
+  bias = jnp.asarray(rng.randn(1, 4, 10, 10), jnp.float32)
+  w = jnp.asarray(rng.randn(2, 10, 4, 8), jnp.float32)
+  idx = jnp.arange(10)
+  seg = jnp.array([[1] * 10, [1] * 7 + [0] * 3])
+
+  def loss(q, k, v, bias):
+    out = attend(q, k, v, idx, idx, seg, seg, causal=False, impl="plain", block_size=4,
+                 bias=bias, scale=1.0)
+    return jnp.sum(out.astype(jnp.float32) * w)
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)), compiler_options=compiler_options("cpu"))
+  want = grad(*(a.astype(jnp.float32) for a in (q, k, v)), bias)
+  got = grad(q, k, v, bias)
+  for name, g, ref in zip(("q", "k", "v", "bias"), got, want):
+    assert g.dtype == (jnp.float32 if name == "bias" else BF16), name
+    err = float(jnp.max(jnp.abs(g.astype(jnp.float32) - ref)) / jnp.max(jnp.abs(ref)))
+    assert err < 1e-2, (name, err)

@@ -33,6 +33,7 @@ values from another sequence, e.g. the encoder output, masked by its segment
 ids).
 """
 
+import functools
 from typing import Any, Optional
 
 import jax
@@ -40,7 +41,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from llmrl.models.flash import SHARED_SEGMENT, flash_attention, segments_visible  # noqa: F401
-from llmrl.models.layers import Dense, apply_rope
+from llmrl.models.layers import Dense, apply_rope, low_precision
 
 ATTENTION_IMPLS = ("auto", "plain", "blockwise", "jax")
 _NEG = -1e30  # finite "minus infinity" for masked scores (float32)
@@ -78,18 +79,76 @@ def plain_attention(q, k, v, mask, bias=None, scale=None):
   """Reference einsum attention. q [b,lq,h,d], k/v [b,lk,kvh,d], mask [b|1,1,lq,lk].
 
   bias [b|1, h, lq, lk] is added to the scaled scores; scale defaults to d**-0.5.
+  bf16/fp16 inputs take `_plain_low`: the same function with every matmul, forward
+  and backward, on low-precision operands accumulating in float32.
   """
   b, lq, h, d = q.shape
   scale = d**-0.5 if scale is None else scale
   qg = _group(q, k.shape[2])  # [b, lq, kvh, g, d]
+  gbias = None if bias is None else _group_bias(bias, k.shape[2])  # [b|1, kvh, g, lq, lk]
+  if low_precision(q, k, v):
+    out = _plain_low(qg, k, v, mask[:, :, None], gbias, scale)  # [b, lq, kvh, g, d]
+    return out.reshape(b, lq, h, d)
   scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32)
   scores = scores * scale  # [b, kvh, g, lq, lk] float32
-  if bias is not None:
-    scores = scores + _group_bias(bias, k.shape[2])
+  if gbias is not None:
+    scores = scores + gbias
   scores = jnp.where(mask[:, :, None], scores, _NEG)  # mask: [b|1, 1, 1, lq, lk]
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)  # [b, lq, kvh, g, d]
   return out.reshape(b, lq, h, d)  # [b, lq, h, d]
+
+
+_mm32 = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)
+
+
+def _plain_low_probs(qg, k, mask, gbias, scale):
+  """Softmax probabilities [b, kvh, g, lq, lk] float32 from low-precision q/k."""
+  scores = _mm32("bqkgd,bskd->bkgqs", qg, k) * scale
+  if gbias is not None:
+    scores = scores + gbias
+  return jax.nn.softmax(jnp.where(mask, scores, _NEG), axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _plain_low(qg, k, v, mask, gbias, scale):
+  """Plain attention for bf16/fp16: qg [b, lq, kvh, g, d], k/v [b, lk, kvh, d], mask
+  [b|1, 1, 1, lq, lk], gbias [b|1, kvh, g, lq, lk] float32 or None -> [b, lq, kvh, g, d].
+
+  Autodiff of the float32 scores would hand the backward float32 cotangents, so its
+  matmuls would upcast their operands (on CPU: float32 dots instead of AMX bf16 ones).
+  Here all six matmuls read the inputs' dtype and accumulate in float32, as the
+  blockwise kernel's backward does.
+  """
+  return _plain_low_fwd(qg, k, v, mask, gbias, scale)[0]
+
+
+def _plain_low_fwd(qg, k, v, mask, gbias, scale):
+  probs = _plain_low_probs(qg, k, mask, gbias, scale)  # [b, kvh, g, lq, lk] float32
+  out = _mm32("bkgqs,bskd->bqkgd", probs.astype(v.dtype), v).astype(v.dtype)
+  return out, (qg, k, v, mask, gbias, probs, out)
+
+
+def _plain_low_bwd(scale, res, dout):
+  qg, k, v, mask, gbias, p, out = res  # p: float32 probabilities
+  lo = v.dtype
+  p_lo = p.astype(lo)
+  dout = dout.astype(lo)  # [b, lq, kvh, g, d]
+  dv = _mm32("bkgqs,bqkgd->bskd", p_lo, dout)  # [b, lk, kvh, d]
+  dp = _mm32("bqkgd,bskd->bkgqs", dout, v)  # [b, kvh, g, lq, lk]
+  # softmax backward: ds = p * (dp - sum_j p_j dp_j) = p * (dp - dout . out)
+  delta = jnp.einsum("bqkgd,bqkgd->bkgq", dout.astype(jnp.float32), out.astype(jnp.float32))
+  ds = p * (dp - delta[..., None])  # d(scores) [b, kvh, g, lq, lk]
+  ds_lo = ds.astype(lo)
+  dq = (_mm32("bkgqs,bskd->bqkgd", ds_lo, k) * scale).astype(qg.dtype)
+  dk = (_mm32("bkgqs,bqkgd->bskd", ds_lo, qg) * scale).astype(k.dtype)
+  dbias = None
+  if gbias is not None:
+    dbias = ds.sum(0, keepdims=True) if gbias.shape[0] == 1 else ds
+  return dq, dk, dv.astype(v.dtype), None, dbias
+
+
+_plain_low.defvjp(_plain_low_fwd, _plain_low_bwd)
 
 
 def blockwise_attention(
