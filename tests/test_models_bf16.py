@@ -33,6 +33,19 @@ def _compiled(fn, *args) -> str:
   return jax.jit(fn, compiler_options=compiler_options("cpu")).lower(*args).compile().as_text()
 
 
+def _assert_bf16_dots(fn, *args, count: int, at_least: bool = False):
+  """Every dot of fn's compiled CPU program reads bf16 operands, and there are `count`
+  of them (or at least `count`)."""
+  ops = _dot_operand_types(_compiled(fn, *args))
+  assert (len(ops) >= count if at_least else len(ops) == count), ops
+  assert all(t == ["bf16", "bf16"] for t in ops), ops
+
+
+def _rel_err(g, ref) -> float:
+  """Largest deviation from ref, relative to ref's largest magnitude."""
+  return float(jnp.max(jnp.abs(g.astype(jnp.float32) - ref)) / jnp.max(jnp.abs(ref)))
+
+
 def _close(a, ref, scale):
   """bf16 outputs: each value rounded once (2^-8 relative) after float32 accumulation."""
   np.testing.assert_allclose(np.asarray(jnp.asarray(a, jnp.float32)), ref, rtol=2e-2,
@@ -59,8 +72,7 @@ def test_bf16_contract_values_grads_and_dots(kernel_shape, in_axes):
   _close(dx, dx_ref, np.abs(dx_ref).max())
   _close(dk, dk_ref, np.abs(dk_ref).max())
   # Every matmul of the forward and backward pass reads bf16 operands (no float32 upcast).
-  ops = _dot_operand_types(_compiled(jax.value_and_grad(loss, argnums=(0, 1)), x, k))
-  assert len(ops) == 3 and all(t == ["bf16", "bf16"] for t in ops), ops
+  _assert_bf16_dots(jax.value_and_grad(loss, argnums=(0, 1)), x, k, count=3)
 
 
 def test_bf16_tied_logits_values_grads_and_dots():
@@ -75,8 +87,7 @@ def test_bf16_tied_logits_values_grads_and_dots():
   _close(jax.jit(tied_logits)(x, e), y_ref, np.abs(y_ref).max())
   _close(dx, dx_ref, np.abs(dx_ref).max())
   _close(de, de_ref, np.abs(de_ref).max())
-  ops = _dot_operand_types(_compiled(jax.value_and_grad(loss, argnums=(0, 1)), x, e))
-  assert len(ops) == 3 and all(t == ["bf16", "bf16"] for t in ops), ops
+  _assert_bf16_dots(jax.value_and_grad(loss, argnums=(0, 1)), x, e, count=3)
 
 
 def test_bf16_dense_bias_gradient_is_float32_row_sum():
@@ -122,11 +133,10 @@ def test_bf16_attention_grads_match_float32_plain(causal, impl):
   got = grad(impl)(q, k, v, impl)
   for name, g, ref in zip("qkv", got, want):
     assert g.dtype == BF16, name
-    err = float(jnp.max(jnp.abs(g.astype(jnp.float32) - ref)) / jnp.max(jnp.abs(ref)))
+    err = _rel_err(g, ref)
     assert err < 1e-2, (name, err)  # measured 0.25-0.7%; dp off by 1% gives 1.2-2.2%
-  hlo = _compiled(lambda q, k, v: jax.grad(loss, argnums=(0, 1, 2))(q, k, v, impl), q, k, v)
-  ops = _dot_operand_types(hlo)
-  assert len(ops) >= 6 and all(t == ["bf16", "bf16"] for t in ops), ops
+  _assert_bf16_dots(lambda q, k, v: jax.grad(loss, argnums=(0, 1, 2))(q, k, v, impl), q, k, v,
+                    count=6, at_least=True)
 
 
 def test_bf16_plain_attention_with_bias_matches_float32():
@@ -148,5 +158,5 @@ def test_bf16_plain_attention_with_bias_matches_float32():
   got = grad(q, k, v, bias)
   for name, g, ref in zip(("q", "k", "v", "bias"), got, want):
     assert g.dtype == (jnp.float32 if name == "bias" else BF16), name
-    err = float(jnp.max(jnp.abs(g.astype(jnp.float32) - ref)) / jnp.max(jnp.abs(ref)))
+    err = _rel_err(g, ref)
     assert err < 1e-2, (name, err)

@@ -40,7 +40,12 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from llmrl.models.flash import SHARED_SEGMENT, flash_attention, segments_visible  # noqa: F401
+from llmrl.models.flash import (  # noqa: F401
+  SHARED_SEGMENT,
+  flash_attention,
+  mm32,
+  segments_visible,
+)
 from llmrl.models.layers import Dense, apply_rope, low_precision
 
 ATTENTION_IMPLS = ("auto", "plain", "blockwise", "jax")
@@ -99,12 +104,9 @@ def plain_attention(q, k, v, mask, bias=None, scale=None):
   return out.reshape(b, lq, h, d)  # [b, lq, h, d]
 
 
-_mm32 = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)
-
-
 def _plain_low_probs(qg, k, mask, gbias, scale):
   """Softmax probabilities [b, kvh, g, lq, lk] float32 from low-precision q/k."""
-  scores = _mm32("bqkgd,bskd->bkgqs", qg, k) * scale
+  scores = mm32("bqkgd,bskd->bkgqs", qg, k) * scale
   if gbias is not None:
     scores = scores + gbias
   return jax.nn.softmax(jnp.where(mask, scores, _NEG), axis=-1)
@@ -125,7 +127,7 @@ def _plain_low(qg, k, v, mask, gbias, scale):
 
 def _plain_low_fwd(qg, k, v, mask, gbias, scale):
   probs = _plain_low_probs(qg, k, mask, gbias, scale)  # [b, kvh, g, lq, lk] float32
-  out = _mm32("bkgqs,bskd->bqkgd", probs.astype(v.dtype), v).astype(v.dtype)
+  out = mm32("bkgqs,bskd->bqkgd", probs.astype(v.dtype), v).astype(v.dtype)
   return out, (qg, k, v, mask, gbias, probs, out)
 
 
@@ -134,14 +136,14 @@ def _plain_low_bwd(scale, res, dout):
   lo = v.dtype
   p_lo = p.astype(lo)
   dout = dout.astype(lo)  # [b, lq, kvh, g, d]
-  dv = _mm32("bkgqs,bqkgd->bskd", p_lo, dout)  # [b, lk, kvh, d]
-  dp = _mm32("bqkgd,bskd->bkgqs", dout, v)  # [b, kvh, g, lq, lk]
+  dv = mm32("bkgqs,bqkgd->bskd", p_lo, dout)  # [b, lk, kvh, d]
+  dp = mm32("bqkgd,bskd->bkgqs", dout, v)  # [b, kvh, g, lq, lk]
   # softmax backward: ds = p * (dp - sum_j p_j dp_j) = p * (dp - dout . out)
   delta = jnp.einsum("bqkgd,bqkgd->bkgq", dout.astype(jnp.float32), out.astype(jnp.float32))
   ds = p * (dp - delta[..., None])  # d(scores) [b, kvh, g, lq, lk]
   ds_lo = ds.astype(lo)
-  dq = (_mm32("bkgqs,bskd->bqkgd", ds_lo, k) * scale).astype(qg.dtype)
-  dk = (_mm32("bkgqs,bqkgd->bskd", ds_lo, qg) * scale).astype(k.dtype)
+  dq = (mm32("bkgqs,bskd->bqkgd", ds_lo, k) * scale).astype(qg.dtype)
+  dk = (mm32("bkgqs,bqkgd->bskd", ds_lo, qg) * scale).astype(k.dtype)
   dbias = None
   if gbias is not None:
     dbias = ds.sum(0, keepdims=True) if gbias.shape[0] == 1 else ds

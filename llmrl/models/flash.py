@@ -45,9 +45,13 @@ def _mask(q_index, q_segment, kib, vab, ksb, causal):
   return mask[:, None, None]  # [b, 1, 1, lq, blk]
 
 
+# einsum accumulating (and returning) float32, whatever the operands' dtype: bf16
+# operands stay bf16 (AMX on CPU). Shared with the plain kernel's bf16 path.
+mm32 = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)
+
+
 def _scores(qg, kb_j):
-  return jnp.einsum("bqkgd,bskd->bkgqs", qg, kb_j,
-                    preferred_element_type=jnp.float32)  # [b, kvh, g, lq, blk]
+  return mm32("bqkgd,bskd->bkgqs", qg, kb_j)  # [b, kvh, g, lq, blk]
 
 
 def _block_scores(qg, kb_j, bb_j):
@@ -67,8 +71,7 @@ def _forward(qg, kb, vb, kib, vab, ksb, bb, q_index, q_segment, causal):
     p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
     alpha = jnp.exp(m - m_new)
     l = alpha * l + p.sum(-1)
-    pv = jnp.einsum("bkgqs,bskd->bkgqd", p.astype(vb_j.dtype), vb_j,
-                    preferred_element_type=jnp.float32)
+    pv = mm32("bkgqs,bskd->bkgqd", p.astype(vb_j.dtype), vb_j)
     return (m_new, l, alpha[..., None] * acc + pv), None
 
   init = (jnp.full((b, kvh, g, lq), _NEG, jnp.float32),
@@ -101,18 +104,17 @@ def _bwd(causal, res, dout):
   # (AMX on CPU) instead of float32 ones; for float32 inputs nothing changes.
   lo = qg.dtype
   dout_lo = dout.astype(lo)
-  mm = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)
 
   def body(dq, x):
     kb_j, vb_j, ki_j, va_j, ks_j, bb_j = x
     mask = _mask(q_index, q_segment, ki_j, va_j, ks_j, causal)
     s = _block_scores(qg, kb_j, bb_j)
     p = jnp.where(mask, jnp.exp(s - lse[..., None]), 0.0)  # [b, kvh, g, lq, blk]
-    dv = mm("bkgqs,bkgqd->bskd", p.astype(lo), dout_lo)  # [b, blk, kvh, d]
-    dp = mm("bkgqd,bskd->bkgqs", dout_lo, vb_j.astype(lo))
+    dv = mm32("bkgqs,bkgqd->bskd", p.astype(lo), dout_lo)  # [b, blk, kvh, d]
+    dp = mm32("bkgqd,bskd->bkgqs", dout_lo, vb_j.astype(lo))
     ds = p * (dp - delta[..., None])  # [b, kvh, g, lq, blk]
-    dq = dq + mm("bkgqs,bskd->bqkgd", ds.astype(lo), kb_j.astype(lo))
-    dk = mm("bkgqs,bqkgd->bskd", ds.astype(lo), qg)  # [b, blk, kvh, d]
+    dq = dq + mm32("bkgqs,bskd->bqkgd", ds.astype(lo), kb_j.astype(lo))
+    dk = mm32("bkgqs,bqkgd->bskd", ds.astype(lo), qg)  # [b, blk, kvh, d]
     # d(scores)/d(bias) = 1: the bias gradient is ds, summed over a broadcast batch.
     db = None
     if bb_j is not None:
