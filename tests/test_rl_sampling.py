@@ -10,6 +10,7 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from llmrl.rl import envs, loop, rollout
 from llmrl.rl.algos import base
@@ -107,3 +108,49 @@ def test_blockwise_evaluation_matches_the_per_step_key_path():
   assert abs(len_n.std() - len_k.std()) < 1.0
   ret_c, len_c = map(np.asarray, run(jax.random.PRNGKey(1), 7, True))
   assert len_c.max() == 7 and np.all(len_c == np.minimum(len_n, 7))
+
+
+@pytest.mark.parametrize("algo_name", ["ppo", "reinforce", "trpo"])
+def test_bind_unravels_once_and_keeps_every_number(algo_name):
+  """Algorithm.bind moves the flat-parameter unravel out of evaluation loops: the
+  bound state's policy and the whole evaluation equal the unbound ones exactly, and
+  the evaluation's inner loop no longer slices the flat vector."""
+  c = base_config(algo_name, "CartPole-v1")
+  c.train.eval_greedy = False
+  p = loop.plan(c)
+  algo = p.algo
+  state = algo.init(jax.random.PRNGKey(0))
+  bound = algo.bind(state)
+  assert isinstance(bound.params, dict) and not isinstance(state.params, dict)
+  obs = jax.random.normal(jax.random.PRNGKey(1), (7, 4))
+  np.testing.assert_array_equal(np.asarray(algo.policy(bound, obs).logits),
+                                np.asarray(algo.policy(state, obs).logits))
+  act = lambda obs, n: algo.act(state, obs, None, False, noise=n)  # unbound, per step
+  noise = lambda obs, k, n: jax.eval_shape(algo.policy, state, obs).noise(k, (n,))
+  unbound = jax.jit(lambda k: rollout.evaluate(p.env, p.env_params, act, k, 64, 500,
+                                               noise=noise))
+  via_plan = jax.jit(lambda k: p.evaluate(state, k, 64))
+  for a, b in zip(unbound(jax.random.PRNGKey(2)), via_plan(jax.random.PRNGKey(2))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  n_params = state.params.shape[0]
+  assert not _loop_bodies_reading(jax.make_jaxpr(via_plan)(jax.random.PRNGKey(2)).jaxpr,
+                                  (n_params,)), "an evaluation loop still reads the flat vector"
+  assert _loop_bodies_reading(jax.make_jaxpr(lambda k: rollout.evaluate(
+      p.env, p.env_params, act, k, 64, 500, noise=noise))(jax.random.PRNGKey(2)).jaxpr,
+      (n_params,))  # the check does see the unbound case
+
+
+def _loop_bodies_reading(jaxpr, shape, inside=False) -> bool:
+  """Whether an equation inside a while loop's body reads an array of `shape`."""
+  for eqn in jaxpr.eqns:
+    if inside and any(getattr(v.aval, "shape", None) == shape for v in eqn.invars
+                      if hasattr(v, "aval")):
+      return True
+    for name, sub in eqn.params.items():
+      subs = sub if isinstance(sub, (tuple, list)) else [sub]
+      for j in subs:
+        j = getattr(j, "jaxpr", j)
+        if hasattr(j, "eqns") and _loop_bodies_reading(
+            j, shape, inside or (eqn.primitive.name == "while" and name == "body_jaxpr")):
+          return True
+  return False

@@ -55,6 +55,8 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
   max_eval_steps = int(t.eval_max_steps)
 
   def evaluate(state, key, episodes):
+    if algo.bind is not None:
+      state = algo.bind(state)  # once, outside the evaluation loop
     if algo.policy is None or greedy:
       act = lambda obs, k: algo.act(state, obs, k, greedy)
       return rollout.evaluate(env, env_params, act, key, episodes, max_eval_steps)

@@ -100,7 +100,8 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
   init_params, unravel = base.flat_params(net, sample_obs)
   apply = lambda p, o: net.apply({"params": unravel(p)}, o)
   value_fn = lambda p, o: net.apply({"params": unravel(p)}, o, method=ActorCritic.value)
-  policy = lambda p, o: net.apply({"params": unravel(p)}, o, method=ActorCritic.policy)
+  tree = base.as_tree(unravel)  # p: flat vector, or unravelled outside a scan
+  policy = lambda p, o: net.apply({"params": tree(p)}, o, method=ActorCritic.policy)
   prep = lambda s, o: norm_lib.normalize(s, o) if c.normalize_obs else o
   vf_clip = c.vf_clip_eps if c.vf_clip_eps > 0 else None
 
@@ -141,8 +142,8 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
   def update(s: PPOState):
     rng, k_roll, k_perm = jax.random.split(s.rng, 3)
     env_state, obs, stats_obs, ro, episodes = rollout.collect(
-        runner, policy, s.params, s.env_state, s.obs, s.obs_stats, k_roll, c.num_steps,
-        c.normalize_obs, info["clip_actions"])
+        runner, policy, unravel(s.params), s.env_state, s.obs, s.obs_stats, k_roll,
+        c.num_steps, c.normalize_obs, info["clip_actions"])
     values, rewards = rollout.values_and_rewards(ro, lambda o: value_fn(s.params, o), c.gamma)
     last_value = value_fn(s.params, prep(stats_obs, obs))
     # ppo_core is batch-major: [N, T].
@@ -188,4 +189,5 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
     a = dist.mode() if greedy else dist.sample(key) if noise is None else dist.sample_from(noise)
     return a if info["clip_actions"] is None else jnp.clip(a, *info["clip_actions"])
 
-  return base.Algorithm(init, update, act, batch_size, act_policy)
+  return base.Algorithm(init, update, act, batch_size, act_policy,
+                        bind=lambda s: s.replace(params=unravel(s.params)))

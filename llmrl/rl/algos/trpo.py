@@ -153,7 +153,8 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
   sample_obs = jnp.zeros((1, *info["obs_shape"]),
                          jnp.int32 if info["num_obs_states"] else jnp.float32)
   init_params, unravel = base.flat_params(net, sample_obs)
-  policy = lambda p, o: net.apply({"params": unravel(p)}, o, method=ActorCritic.policy)
+  tree = base.as_tree(unravel)  # p: flat vector, or unravelled outside a scan
+  policy = lambda p, o: net.apply({"params": tree(p)}, o, method=ActorCritic.policy)
   value_fn = lambda p, o: net.apply({"params": unravel(p)}, o, method=ActorCritic.value)
   prep = lambda s, o: norm_lib.normalize(s, o) if c.normalize_obs else o
 
@@ -175,8 +176,8 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
   def update(s: TRPOState):
     rng, k_roll, k_perm = jax.random.split(s.rng, 3)
     env_state, obs, stats_obs, ro, episodes = rollout.collect(
-        runner, policy, s.params, s.env_state, s.obs, s.obs_stats, k_roll, c.num_steps,
-        c.normalize_obs, info["clip_actions"])
+        runner, policy, unravel(s.params), s.env_state, s.obs, s.obs_stats, k_roll,
+        c.num_steps, c.normalize_obs, info["clip_actions"])
     values, rewards = rollout.values_and_rewards(ro, lambda o: value_fn(s.params, o), c.gamma)
     last_value = value_fn(s.params, prep(stats_obs, obs))
     adv, ret = ppo_core.gae(rewards.T, values.T, ro.done.T, last_value,  # [N, T]
@@ -213,4 +214,5 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
     a = dist.mode() if greedy else dist.sample(key) if noise is None else dist.sample_from(noise)
     return a if info["clip_actions"] is None else jnp.clip(a, *info["clip_actions"])
 
-  return base.Algorithm(init, update, act, batch_size, act_policy)
+  return base.Algorithm(init, update, act, batch_size, act_policy,
+                        bind=lambda s: s.replace(params=unravel(s.params)))
