@@ -154,3 +154,20 @@ def _loop_bodies_reading(jaxpr, shape, inside=False) -> bool:
             j, shape, inside or (eqn.primitive.name == "while" and name == "body_jaxpr")):
           return True
   return False
+
+
+def test_bind_in_dqn_evaluation():
+  """DQN's evaluation through plan.evaluate (bound once) equals the unbound loop, whose
+  body reads the flat vector while plan.evaluate's does not."""
+  c = base_config("dqn", "CartPole-v1")
+  p = loop.plan(c)
+  state = p.algo.init(jax.random.PRNGKey(0))
+  act = lambda obs, k: p.algo.act(state, obs, k, bool(c.train.eval_greedy))
+  unbound = jax.jit(lambda k: rollout.evaluate(p.env, p.env_params, act, k, 32,
+                                               int(c.train.eval_max_steps)))
+  via_plan = jax.jit(lambda k: p.evaluate(state, k, 32))
+  for a, b in zip(unbound(jax.random.PRNGKey(3)), via_plan(jax.random.PRNGKey(3))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  n = state.params.shape[0]
+  assert _loop_bodies_reading(jax.make_jaxpr(unbound)(jax.random.PRNGKey(3)).jaxpr, (n,))
+  assert not _loop_bodies_reading(jax.make_jaxpr(via_plan)(jax.random.PRNGKey(3)).jaxpr, (n,))

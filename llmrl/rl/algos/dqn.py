@@ -74,7 +74,8 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
   obs_dtype = jnp.int32 if info["num_obs_states"] else jnp.float32
   sample_obs = jnp.zeros((1, *info["obs_shape"]), obs_dtype)
   init_params, unravel = base.flat_params(net, sample_obs)
-  qvalues = lambda p, o: net.apply({"params": unravel(p)}, o)
+  tree = base.as_tree(unravel)  # p: flat vector, or unravelled outside a loop (bind)
+  qvalues = lambda p, o: net.apply({"params": tree(p)}, o)
 
   def init(key):
     k_net, k_env, rng = jax.random.split(key, 3)
@@ -133,4 +134,5 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
     q = qvalues(s.params, obs)
     return greedy(q, key) if greedy_eval else epsilon_greedy(q, key, c.eps_end)
 
-  return base.Algorithm(init, update, act, c.num_envs)
+  return base.Algorithm(init, update, act, c.num_envs,
+                        bind=lambda s: s.replace(params=unravel(s.params)))
