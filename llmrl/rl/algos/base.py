@@ -142,5 +142,10 @@ def as_tree(unravel: Callable) -> Callable:
   Networks applied inside a scan take the pytree unravelled before the scan, so
   the slices of the flat vector are not redone at every step.
   """
-  return lambda p: p if isinstance(p, dict) else unravel(p)
+  return lambda p: unravel(p) if getattr(p, "ndim", None) == 1 else p
+
+
+def bind_params(unravel: Callable) -> Callable:
+  """`Algorithm.bind` for a state whose `params` is the flat vector: unravels it."""
+  return lambda s: s.replace(params=unravel(s.params))
 

@@ -135,4 +135,4 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
     return greedy(q, key) if greedy_eval else epsilon_greedy(q, key, c.eps_end)
 
   return base.Algorithm(init, update, act, c.num_envs,
-                        bind=lambda s: s.replace(params=unravel(s.params)))
+                        bind=base.bind_params(unravel))

@@ -215,4 +215,4 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
     return a if info["clip_actions"] is None else jnp.clip(a, *info["clip_actions"])
 
   return base.Algorithm(init, update, act, batch_size, act_policy,
-                        bind=lambda s: s.replace(params=unravel(s.params)))
+                        bind=base.bind_params(unravel))
