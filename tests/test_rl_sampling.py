@@ -129,15 +129,17 @@ def test_bind_unravels_once_and_keeps_every_number(algo_name):
   noise = lambda obs, k, n: jax.eval_shape(algo.policy, state, obs).noise(k, (n,))
   unbound = jax.jit(lambda k: rollout.evaluate(p.env, p.env_params, act, k, 64, 500,
                                                noise=noise))
-  via_plan = jax.jit(lambda k: p.evaluate(state, k, 64))
-  for a, b in zip(unbound(jax.random.PRNGKey(2)), via_plan(jax.random.PRNGKey(2))):
+  _check_bound_evaluation(unbound, jax.jit(lambda k: p.evaluate(state, k, 64)),
+                          jax.random.PRNGKey(2), state.params.shape)
+
+
+def _check_bound_evaluation(unbound, via_plan, key, flat_shape):
+  """Equal evaluations; only the unbound one reads the flat vector inside its loop."""
+  for a, b in zip(unbound(key), via_plan(key)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  n_params = state.params.shape[0]
-  assert not _loop_bodies_reading(jax.make_jaxpr(via_plan)(jax.random.PRNGKey(2)).jaxpr,
-                                  (n_params,)), "an evaluation loop still reads the flat vector"
-  assert _loop_bodies_reading(jax.make_jaxpr(lambda k: rollout.evaluate(
-      p.env, p.env_params, act, k, 64, 500, noise=noise))(jax.random.PRNGKey(2)).jaxpr,
-      (n_params,))  # the check does see the unbound case
+  assert _loop_bodies_reading(jax.make_jaxpr(unbound)(key).jaxpr, flat_shape)  # check sees it
+  assert not _loop_bodies_reading(jax.make_jaxpr(via_plan)(key).jaxpr, flat_shape), (
+      "an evaluation loop still reads the flat vector")
 
 
 def _loop_bodies_reading(jaxpr, shape, inside=False) -> bool:
@@ -165,9 +167,5 @@ def test_bind_in_dqn_evaluation():
   act = lambda obs, k: p.algo.act(state, obs, k, bool(c.train.eval_greedy))
   unbound = jax.jit(lambda k: rollout.evaluate(p.env, p.env_params, act, k, 32,
                                                int(c.train.eval_max_steps)))
-  via_plan = jax.jit(lambda k: p.evaluate(state, k, 32))
-  for a, b in zip(unbound(jax.random.PRNGKey(3)), via_plan(jax.random.PRNGKey(3))):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  n = state.params.shape[0]
-  assert _loop_bodies_reading(jax.make_jaxpr(unbound)(jax.random.PRNGKey(3)).jaxpr, (n,))
-  assert not _loop_bodies_reading(jax.make_jaxpr(via_plan)(jax.random.PRNGKey(3)).jaxpr, (n,))
+  _check_bound_evaluation(unbound, jax.jit(lambda k: p.evaluate(state, k, 32)),
+                          jax.random.PRNGKey(3), state.params.shape)
