@@ -108,6 +108,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, verbose: bool = True,
   fns = {n: jax.jit(jax.vmap(lambda s, n=n: p.run_chunk(s, n)), donate_argnums=0)
          .lower(state).compile() for n in sorted(set(sizes))}
   compile_s = time.perf_counter() - t_start
+  # Where the compiled chunk wants the state: one device, or replicated over the
+  # two devices of PPO's actor_critic_update="parallel".
+  place = lambda s: jax.device_put(s, fns[sizes[0]].input_shardings[0][0])
+  state = place(state)
   log.info("%s: %d seed(s) x %d updates of %d env steps (%d chunks); compiled in %.1fs",
            name, seeds, p.num_updates, steps_per_update, len(sizes), compile_s)
 
@@ -121,6 +125,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, verbose: bool = True,
     restored = ckpt.restore_latest(abstract)
     if restored is not None:
       _, state, data = restored
+      state = place(state)
       start = int(data["chunk"])
       log.info("resumed from checkpoint after chunk %d (%s env steps per seed)",
                start, _si(ends[start - 1]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -136,13 +137,42 @@ def flat_params(net, sample_obs: jax.Array):
   return init, unravel
 
 
+def flat_param_groups(net, sample_obs: jax.Array, groups: tuple[tuple[str, ...], ...]):
+  """`flat_params` with one flat vector per group of top-level parameter names.
+
+  (init(key) -> tuple of flat vectors, unravel(tuple) -> the whole params
+  pytree). PPO's separate actor and critic updates use it: groups
+  (("actor", "log_std"), ("critic",)); names a network lacks are skipped.
+  """
+  from jax.flatten_util import ravel_pytree
+  shapes = jax.eval_shape(lambda k: net.init(k, sample_obs)["params"], jax.random.PRNGKey(0))
+  named = [tuple(n for n in g if n in shapes) for g in groups]
+  missing = set(shapes) - {n for g in named for n in g}
+  if missing:
+    raise ValueError(f"parameters {sorted(missing)} are in no group of {groups}")
+  zeros = lambda g: {n: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[n]) for n in g}
+  unravels = [ravel_pytree(zeros(g))[1] for g in named]
+
+  def init(key):
+    params = net.init(key, sample_obs)["params"]
+    return tuple(ravel_pytree({n: params[n] for n in g})[0] for g in named)
+
+  def unravel(flats):
+    # None for a group skips it (a loss that reads one network only)
+    return {k: v for u, f in zip(unravels, flats) if f is not None
+            for k, v in u(f).items()}
+
+  return init, unravel
+
+
 def as_tree(unravel: Callable) -> Callable:
-  """p -> params pytree, for p either the flat vector or an already unravelled pytree.
+  """p -> params pytree, for p in flat form (a vector, or a tuple of them from
+  `flat_param_groups`) or an already unravelled pytree.
 
   Networks applied inside a scan take the pytree unravelled before the scan, so
   the slices of the flat vector are not redone at every step.
   """
-  return lambda p: unravel(p) if getattr(p, "ndim", None) == 1 else p
+  return lambda p: p if isinstance(p, Mapping) else unravel(p)
 
 
 def bind_params(unravel: Callable) -> Callable:

@@ -19,9 +19,9 @@ import ml_collections
 import optax
 from flax import struct
 
-from llmrl.config import check_enum, check_positive
+from llmrl.config import ConfigError, check_enum, check_positive
 from llmrl.rl import normalize as norm_lib
-from llmrl.rl import ppo_core, rollout
+from llmrl.rl import parallel, ppo_core, rollout
 from llmrl.rl.algos import base
 from llmrl.rl.networks import ActorCritic
 
@@ -52,13 +52,21 @@ def default_config() -> ml_collections.ConfigDict:
   c.kl_estimator = "exact"      # "exact" (analytic), or samples: "k1", "k2", "k3"
   c.hidden = (64, 64)
   c.activation = "tanh"
+  # How the actor and critic are stepped in the minibatch epochs:
+  #   "joint"     one loss, one gradient-norm clip over both networks (CleanRL, SB3);
+  #   "separate"  each network its own loss term, clip and Adam step (rejax);
+  #   "parallel"  "separate", with the actor's and critic's epochs on two devices
+  #               at once: on CPU, two cores (set XLA_FLAGS=
+  #               --xla_force_host_platform_device_count=2 before jax starts).
+  c.actor_critic_update = "joint"
   return c
 
 
 @struct.dataclass
 class PPOState:
-  params: jax.Array            # flat parameter vector (base.flat_params)
-  opt_state: Any
+  params: Any                  # flat vector (base.flat_params); with separate actor and
+                               # critic updates, (actor, critic) vectors (flat_param_groups)
+  opt_state: Any               # optax state of params (a pair of them when separate)
   env_state: Any
   obs: jax.Array
   obs_stats: norm_lib.RunningStats
@@ -66,14 +74,9 @@ class PPOState:
   rng: jax.Array
 
 
-class _Batch(struct.PyTreeNode):
-  obs: jax.Array
-  action: jax.Array
-  logp: jax.Array
-  value: jax.Array
-  adv: jax.Array
-  ret: jax.Array
-  old_dist: Any
+# Batch fields each network's loss reads (old_dist: the adaptive-KL objective's exact KL).
+ACTOR_FIELDS = ("obs", "action", "logp", "adv", "old_dist")
+CRITIC_FIELDS = ("obs", "value", "ret")
 
 
 def validate(c: ml_collections.ConfigDict, total_steps: int) -> None:
@@ -83,6 +86,14 @@ def validate(c: ml_collections.ConfigDict, total_steps: int) -> None:
   check_enum("algo.kl_estimator", c.kl_estimator, ["exact", "k1", "k2", "k3"])
   check_positive("algo.epochs", c.epochs)
   check_positive("algo.kl_target", c.kl_target)
+  check_enum("algo.actor_critic_update", c.actor_critic_update,
+             ["joint", "separate", "parallel"])
+  if c.actor_critic_update == "parallel" and len(jax.local_devices()) < 2:
+    raise ConfigError(
+        "config.algo.actor_critic_update='parallel' runs the actor's and the critic's "
+        f"updates on two devices, but jax sees {len(jax.local_devices())}. On CPU, start "
+        "Python with XLA_FLAGS=--xla_force_host_platform_device_count=2 (set before jax "
+        "is imported), or use 'separate' (the same updates on one device).")
 
 
 def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> base.Algorithm:
@@ -97,10 +108,15 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
   tx = base.adam(c, num_updates * c.epochs * c.minibatches)
   sample_obs = jnp.zeros((1, *info["obs_shape"]),
                          jnp.int32 if info["num_obs_states"] else jnp.float32)
-  init_params, unravel = base.flat_params(net, sample_obs)
-  apply = lambda p, o: net.apply({"params": unravel(p)}, o)
-  value_fn = lambda p, o: net.apply({"params": unravel(p)}, o, method=ActorCritic.value)
-  tree = base.as_tree(unravel)  # p: flat vector, or unravelled outside a scan
+  joint = c.actor_critic_update == "joint"
+  if joint:
+    init_params, unravel = base.flat_params(net, sample_obs)
+  else:  # (actor, critic) flat vectors
+    init_params, unravel = base.flat_param_groups(net, sample_obs,
+                                                  (("actor", "log_std"), ("critic",)))
+  tree = base.as_tree(unravel)  # p: flat form, or unravelled outside a scan
+  apply = lambda p, o: net.apply({"params": tree(p)}, o)
+  value_fn = lambda p, o: net.apply({"params": tree(p)}, o, method=ActorCritic.value)
   policy = lambda p, o: net.apply({"params": tree(p)}, o, method=ActorCritic.policy)
   prep = lambda s, o: norm_lib.normalize(s, o) if c.normalize_obs else o
   vf_clip = c.vf_clip_eps if c.vf_clip_eps > 0 else None
@@ -108,36 +124,80 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
   def init(key):
     k_net, k_env, rng = jax.random.split(key, 3)
     obs, env_state = runner.reset(k_env)
-    params = init_params(k_net)  # flat vector
-    return PPOState(params, tx.init(params), env_state, obs,
+    params = init_params(k_net)
+    opt_state = tx.init(params) if joint else tuple(tx.init(p) for p in params)
+    return PPOState(params, opt_state, env_state, obs,
                     norm_lib.init_stats(info["obs_shape"]), jnp.float32(c.kl_beta_init), rng)
 
-  def loss_fn(params, mb: _Batch, beta):
-    dist, value = apply(params, mb.obs)
-    logp = dist.log_prob(mb.action)
-    adv = ppo_core.whiten(mb.adv) if c.normalize_advantages else mb.adv
+  def actor_terms(tree_params, mb, beta):
+    """(policy loss, entropy, stats) of the actor on a minibatch."""
+    dist = policy(tree_params, mb["obs"])
+    logp = dist.log_prob(mb["action"])
+    adv = ppo_core.whiten(mb["adv"]) if c.normalize_advantages else mb["adv"]
     if c.objective == "clip":
-      pg, stats = ppo_core.clipped_surrogate_loss(logp, mb.logp, adv, clip_eps=c.clip_eps)
+      pg, stats = ppo_core.clipped_surrogate_loss(logp, mb["logp"], adv, clip_eps=c.clip_eps)
     else:
-      kl = (mb.old_dist.kl(dist) if c.kl_estimator == "exact"
-            else ppo_core.kl_estimate(mb.logp, logp, c.kl_estimator))
-      pg, stats = ppo_core.kl_penalty_loss(logp, mb.logp, adv, kl, beta=beta)
-    v_loss = ppo_core.value_loss(value, mb.value, mb.ret, clip_eps=vf_clip)
+      kl = (mb["old_dist"].kl(dist) if c.kl_estimator == "exact"
+            else ppo_core.kl_estimate(mb["logp"], logp, c.kl_estimator))
+      pg, stats = ppo_core.kl_penalty_loss(logp, mb["logp"], adv, kl, beta=beta)
     entropy = ppo_core.entropy_bonus(dist.entropy())
-    loss = pg + c.vf_coef * v_loss - c.ent_coef * entropy
     stats = {**{f"ppo/{k}": v for k, v in stats.items()}, "loss/policy": pg,
-             "loss/value": v_loss, "policy/entropy": entropy,
-             "ratio_dev": jnp.max(jnp.abs(jnp.exp(logp - mb.logp) - 1.0))}
-    return loss, stats
+             "policy/entropy": entropy,
+             "ratio_dev": jnp.max(jnp.abs(jnp.exp(logp - mb["logp"]) - 1.0))}
+    return pg, entropy, stats
 
-  def minibatch_step(carry, mb):
-    params, opt_state, beta = carry
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb, beta)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    stats["learning/grad_norm"] = optax.tree.norm(grads)
-    stats["loss/total"] = loss
-    return (params, opt_state, beta), stats
+  def critic_term(tree_params, mb):
+    """Value loss of the critic on a minibatch."""
+    value = value_fn(tree_params, mb["obs"])
+    return ppo_core.value_loss(value, mb["value"], mb["ret"], clip_eps=vf_clip)
+
+  def joint_loss(params, mb, beta):
+    t = unravel(params)
+    pg, entropy, stats = actor_terms(t, mb, beta)
+    v_loss = critic_term(t, mb)
+    return pg + c.vf_coef * v_loss - c.ent_coef * entropy, {**stats, "loss/value": v_loss}
+
+  def actor_loss(params, mb, beta):
+    pg, entropy, stats = actor_terms(unravel((params, None)), mb, beta)
+    return pg - c.ent_coef * entropy, stats
+
+  def critic_loss(params, mb, beta):
+    v_loss = critic_term(unravel((None, params)), mb)
+    return c.vf_coef * v_loss, {"loss/value": v_loss}
+
+  def epochs(loss_fn, params, opt_state, data, perms, beta):
+    """`epochs` passes of minibatch Adam steps on `loss_fn(params, mb, beta)`.
+
+    data: dict of [batch, ...] arrays; perms [epochs, batch]. Returns
+    ((params, opt_state), stats with leaves [epochs, minibatches]).
+    """
+    def step(carry, mb):
+      p, o = carry
+      (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, mb, beta)
+      updates, o = tx.update(grads, o, p)
+      stats["grad_sq"] = jnp.square(optax.tree.norm(grads))
+      stats["loss"] = loss
+      return (optax.apply_updates(p, updates), o), stats
+
+    def epoch(carry, perm):
+      mbs = jax.tree.map(  # [minibatches, mb_size, ...]
+          lambda x: x[perm].reshape(c.minibatches, mb_size, *x.shape[1:]), data)
+      return jax.lax.scan(step, carry, mbs)
+
+    return jax.lax.scan(epoch, (params, opt_state), perms)
+
+  pick = lambda data, names: {k: data[k] for k in names if k in data}
+
+  def actor_epochs(params, opt_state, data, perms, beta):
+    return epochs(actor_loss, params[0], opt_state[0], pick(data, ACTOR_FIELDS), perms, beta)
+
+  def critic_epochs(params, opt_state, data, perms, beta):
+    return epochs(critic_loss, params[1], opt_state[1], pick(data, CRITIC_FIELDS), perms, beta)
+
+  if c.actor_critic_update == "parallel":
+    both_epochs = parallel.on_two_devices(actor_epochs, critic_epochs)
+  else:
+    both_epochs = lambda *a: (actor_epochs(*a), critic_epochs(*a))
 
   def update(s: PPOState):
     rng, k_roll, k_perm = jax.random.split(s.rng, 3)
@@ -151,19 +211,30 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
                             gamma=c.gamma, lam=c.gae_lambda)
     flat = lambda x: jnp.swapaxes(x, 0, 1).reshape(batch_size, *x.shape[2:])  # [N*T, ...]
     obs_b = flat(ro.obs)
-    old_dist = (jax.lax.stop_gradient(apply(s.params, obs_b)[0])
-                if c.objective == "kl" and c.kl_estimator == "exact" else None)
-    batch = _Batch(obs_b, flat(ro.action), flat(ro.logp), flat(values),
-                   adv.reshape(batch_size), ret.reshape(batch_size), old_dist)
+    data = {"obs": obs_b, "action": flat(ro.action), "logp": flat(ro.logp),
+            "value": flat(values), "adv": adv.reshape(batch_size),
+            "ret": ret.reshape(batch_size)}
+    old_dist = None
+    if c.objective == "kl" and c.kl_estimator == "exact":
+      old_dist = jax.lax.stop_gradient(apply(s.params, obs_b)[0])
+      data["old_dist"] = old_dist
+    perms = jax.vmap(lambda k: base.permutation(k, batch_size))(
+        jax.random.split(k_perm, c.epochs))  # [epochs, batch]
 
-    def epoch(carry, key):
-      perm = base.permutation(key, batch_size)
-      mbs = jax.tree.map(  # [minibatches, mb_size, ...]
-          lambda x: x[perm].reshape(c.minibatches, mb_size, *x.shape[1:]), batch)
-      return jax.lax.scan(minibatch_step, carry, mbs)
-
-    (params, opt_state, _), mstats = jax.lax.scan(
-        epoch, (s.params, s.opt_state, s.kl_beta), jax.random.split(k_perm, c.epochs))
+    if joint:
+      (params, opt_state), mstats = epochs(joint_loss, s.params, s.opt_state, data, perms,
+                                           s.kl_beta)
+      grad_norm = jnp.sqrt(mstats.pop("grad_sq"))
+    else:
+      ((pa, oa), sa), ((pc, oc), sc) = both_epochs(s.params, s.opt_state, data, perms,
+                                                   s.kl_beta)
+      params, opt_state = (pa, pc), (oa, oc)
+      # The joint figures from the two networks' parts.
+      grad_norm = jnp.sqrt(sa.pop("grad_sq") + sc.pop("grad_sq"))
+      sa["loss"] = sa["loss"] + sc.pop("loss")
+      mstats = {**sa, **sc}
+    mstats["learning/grad_norm"] = grad_norm
+    mstats["loss/total"] = mstats.pop("loss")
     # mstats leaves: [epochs, minibatches]
     metrics = {k: jnp.mean(v) for k, v in mstats.items() if k != "ratio_dev"}
     metrics["ppo/first_minibatch_ratio_dev"] = mstats["ratio_dev"][0, 0]
@@ -172,7 +243,8 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
     if c.objective == "kl":
       new_dist = apply(params, obs_b)[0]
       kl_now = jnp.mean(old_dist.kl(new_dist) if old_dist is not None else
-                        ppo_core.kl_estimate(batch.logp, new_dist.log_prob(batch.action), "k3"))
+                        ppo_core.kl_estimate(data["logp"], new_dist.log_prob(data["action"]),
+                                             "k3"))
       metrics["ppo/update_kl"] = kl_now
       beta = ppo_core.adaptive_kl_update(beta, kl_now, c.kl_target)
     metrics["ppo/kl_beta"] = beta
