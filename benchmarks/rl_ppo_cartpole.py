@@ -1,11 +1,17 @@
 r"""PPO on CartPole-v1: llmrl vs rejax (pure JAX) vs stable-baselines3 (PyTorch), one script.
 
     pip install rejax==0.1.3 stable-baselines3==2.9.2 "gymnasium<1.4"   # benchmark-only peers
-    python benchmarks/rl_ppo_cartpole.py [--seeds 3] [--skip-sb3]
+    python benchmarks/rl_ppo_cartpole.py [--seeds 3] [--skip-sb3] [--update parallel]
 
 Equal settings: rejax's CartPole PPO config (5 envs x 100 steps, 5 epochs x 5
 minibatches, lr 7.5e-4, clip 0.2, GAE 0.95, entropy 0.01, grad-norm 0.5, tanh
-64x64 actor and critic, 100k environment steps) for all three.
+64x64 actor and critic, 100k environment steps) for all three. llmrl steps the
+actor and the critic as rejax does, each with its own loss, gradient clip and
+Adam step (`actor_critic_update="separate"`); by default it runs the two
+networks' epochs on two CPU devices at once ("parallel": the same numbers, two
+cores; the script asks XLA for two CPU devices before jax starts, which leaves
+rejax, on the first device, as it is). `--update separate` or `joint` (one loss
+and one clip over both networks, as sb3) measures the one-device modes.
 Equal evaluation schedules: llmrl and rejax both evaluate 128 sampled-action
 episodes every 10k steps inside the jitted run (rejax's initial evaluation is
 skipped). "Train only" runs evaluate once, after the last update: rejax with
@@ -29,25 +35,32 @@ subclass folding the two flags into `done` (exactly old gymnax's semantics).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=2").strip()
 
-from llmrl.rl import loop
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from llmrl.rl import loop  # noqa: E402
 
 TOTAL = 100_000
 EVAL_EVERY = 10_000
 EVAL_EPISODES = 128
 SOLVED = 475.0
+UPDATE = ["parallel"]  # llmrl's actor_critic_update (--update)
 
 
 def llmrl_config(evaluate: bool):
-  """configs/rl_ppo.py:rejax, built here so the script needs only the installed package.
+  """configs/rl_ppo.py:rejax (with --update's actor_critic_update), built here so the
+  script needs only the installed package.
 
   evaluate=False still evaluates once, after the last update: rejax with
   eval_freq=TOTAL does the same, so "train only" compares equal schedules too.
@@ -62,6 +75,7 @@ def llmrl_config(evaluate: bool):
   c.train.log_every = every // 500         # updates of 500 steps between evaluations
   c.train.eval_episodes = EVAL_EPISODES
   c.train.eval_greedy = False              # rejax evaluates the sampled policy
+  c.algo.actor_critic_update = UPDATE[0]
   return c
 
 
@@ -117,8 +131,9 @@ def worker(seed: int):
 
 def bench_llmrl_processes(seeds: int):
   """(wall s from the common start until every process finished, [each process's own s])."""
-  procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(s)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True) for s in range(seeds)]
+  procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(s), "--update", UPDATE[0]],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+           for s in range(seeds)]
 
   def expect(p, word: str) -> str:
     line = p.stdout.readline()
@@ -198,13 +213,16 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--seeds", type=int, default=3)
   ap.add_argument("--skip-sb3", action="store_true")
+  ap.add_argument("--update", default="parallel", choices=["parallel", "separate", "joint"],
+                  help="llmrl's config.algo.actor_critic_update")
   ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
   args = ap.parse_args()
+  UPDATE[0] = args.update
   if args.worker is not None:
     return worker(args.worker)
   n = args.seeds
   print(f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s); "
-        f"{TOTAL} env steps per run, {n} seeds")
+        f"{TOTAL} env steps per run, {n} seeds; llmrl actor_critic_update={args.update}")
 
   rows = {}
   # Interleave the two JAX libraries so machine load affects both alike.

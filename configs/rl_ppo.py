@@ -8,7 +8,11 @@ evaluation return >= 475 on every seed (measured 500 / 500 / 500); see BUILD_NOT
 Presets (`--config=configs/rl_ppo.py:PRESET`):
   tiny   1 seed, 20k steps: a few seconds after compiling; return rises above ~100.
   rejax  rejax's CartPole settings (5 envs x 100 steps, 5 epochs x 5 minibatches,
-         lr 7.5e-4, 100k steps): the benchmark configuration.
+         lr 7.5e-4, 100k steps; actor and critic clipped and stepped separately):
+         the benchmark configuration. The benchmark adds
+         --config.algo.actor_critic_update=parallel (the same numbers, the two
+         networks' epochs on two cores; on CPU run with
+         XLA_FLAGS=--xla_force_host_platform_device_count=2).
 Other environments: --config.env.name=Acrobot-v1 (any gymnax name),
 continuous actions e.g. --config.env.name=Pendulum-v1.
 """
@@ -33,6 +37,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.algo.num_envs, c.algo.num_steps = 5, 100
     c.algo.epochs, c.algo.minibatches = 5, 5
     c.algo.learning_rate, c.algo.anneal_lr = 7.5e-4, False
+    c.algo.actor_critic_update = "separate"
     c.train.total_steps = 100_000
     c.train.log_every = 20          # evaluate every 10k steps
     c.train.eval_episodes = 128

@@ -33,6 +33,7 @@ def test_experiment_ppo_tiny_end_to_end(tmp_path):
 @pytest.mark.parametrize("overrides,needle", [
     (["--config.env.name=CartPol-v1"], "Did you mean: CartPole-v1"),
     (["--config.algo.minibatches=3"], "config.algo.minibatches=3 does not divide"),
+    (["--config.algo.actor_critic_update=parallel"], "xla_force_host_platform_device_count=2"),
     (["--config.algo.name=dqn", "--config.env.name=Pendulum-v1"], None),
 ])
 def test_bad_config_is_one_line_error(tmp_path, overrides, needle):
