@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from llmrl.config import ConfigError
-from llmrl.rl import loop, parallel, runner
+from llmrl.rl import loop, parallel, rollout, runner
 from llmrl.rl.algos import base
 from llmrl.rl.config import base_config
 from llmrl.rl.networks import ActorCritic
@@ -113,6 +113,28 @@ def test_clipping_scope(update):
   else:
     np.testing.assert_array_equal(small[0], big[0])  # actor
     assert not np.array_equal(small[1], big[1])      # critic
+
+
+@pytest.mark.parametrize("env,greedy", [("CartPole-v1", False), ("CartPole-v1", True),
+                                        ("FrozenLake-v1", False)])  # slippery: env keys matter
+def test_evaluation_parts_concatenate_to_the_whole(env, greedy):
+  """What the parallel mode's evaluation relies on: each device runs a slice of the episodes."""
+  p = loop.plan(ppo_cfg("separate", env=env))
+  state = jax.jit(p.algo.init)(jax.random.PRNGKey(1))
+  key = jax.random.PRNGKey(2)
+  if greedy:
+    act, noise = lambda obs, k: p.algo.act(state, obs, k, True), None
+  else:
+    act = lambda obs, nz: p.algo.act(state, obs, None, False, noise=nz)
+    noise = lambda obs, k, n: jax.eval_shape(p.algo.policy, state, obs).noise(k, (n,))
+  run = jax.jit(lambda part: rollout.evaluate(p.env, p.env_params, act, key, 7, noise=noise,
+                                              part=part), static_argnums=0)
+  whole = run((0, 1))
+  assert len(set(np.asarray(whole[1]).tolist())) > 2  # episodes differ: randomness matters
+  for n in (2, 3):
+    parts = [run((i, n)) for i in range(n)]
+    for j in range(2):  # returns, lengths
+      np.testing.assert_array_equal(np.concatenate([q[j] for q in parts]), whole[j])
 
 
 def test_flat_param_groups_round_trip_continuous_actions():

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from llmrl.config import check_positive
-from llmrl.rl import envs, rollout
+from llmrl.rl import envs, parallel, rollout
 from llmrl.rl.algos import base, get
 
 
@@ -54,15 +54,24 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
   greedy = bool(t.eval_greedy)
   max_eval_steps = int(t.eval_max_steps)
 
-  def evaluate(state, key, episodes):
+  def evaluate_part(state, key, episodes, part=(0, 1)):
     if algo.bind is not None:
       state = algo.bind(state)  # once, outside the evaluation loop
     if algo.policy is None or greedy:
       act = lambda obs, k: algo.act(state, obs, k, greedy)
-      return rollout.evaluate(env, env_params, act, key, episodes, max_eval_steps)
+      return rollout.evaluate(env, env_params, act, key, episodes, max_eval_steps, part=part)
     act = lambda obs, noise: algo.act(state, obs, None, False, noise=noise)
     noise = lambda obs, k, n: jax.eval_shape(algo.policy, state, obs).noise(k, (n,))
-    return rollout.evaluate(env, env_params, act, key, episodes, max_eval_steps, noise=noise)
+    return rollout.evaluate(env, env_params, act, key, episodes, max_eval_steps, noise=noise,
+                            part=part)
+
+  def evaluate(state, key, episodes):
+    if algo.devices == 1 or episodes < 2:
+      return evaluate_part(state, key, episodes)
+    # Half of the episodes on each device, with the numbers of one evaluation.
+    halves = [lambda s, k, i=i: evaluate_part(s, k, episodes, (i, 2)) for i in range(2)]
+    (ret_a, len_a), (ret_b, len_b) = parallel.on_two_devices(*halves)(state, key)
+    return jnp.concatenate([ret_a, ret_b]), jnp.concatenate([len_a, len_b])
 
   def run_chunk(state, n):
     state, metrics = jax.lax.scan(lambda s, _: algo.update(s), state, None, length=n)

@@ -122,18 +122,26 @@ def values_and_rewards(ro: Rollout, value_fn: Callable, gamma: float):
 
 
 def evaluate(env, env_params, act: Callable, key, episodes: int, max_steps: int = 100_000,
-             noise: Callable | None = None, block: int = 32):
-  """Undiscounted returns [episodes] of `act(obs [E, ...], key) -> actions [E, ...]`.
+             noise: Callable | None = None, block: int = 32, part: tuple[int, int] = (0, 1)):
+  """(undiscounted returns, lengths), each [episodes], of `act(obs [E, ...], key) -> actions`.
 
   Runs `episodes` environments in parallel until each finishes its first
   episode (terminated or truncated) or `max_steps` pass. With `noise(obs, key,
   n) -> sampling noise for n steps [n, E, ...]`, `act(obs, noise [E, ...])` is
   called instead, and the noise and environment keys are drawn once per
   `block` steps (on CPU a random draw per step costs more than the step).
+  `part=(i, n)` runs only the i-th of n slices of the episodes, with the random
+  numbers the whole evaluation gives them, so the parts concatenated equal the
+  whole (for devices side by side). Without `noise`, `act`'s key is shared by
+  all episodes, which keeps that true only for an `act` that ignores it (greedy).
   """
+  i, parts = part
+  lo, hi = i * episodes // parts, (i + 1) * episodes // parts
+  whole = episodes
+  episodes = hi - lo
   k_reset, k_loop = jax.random.split(key)
   obs, state = jax.vmap(env.reset, in_axes=(0, None))(
-      jax.random.split(k_reset, episodes), env_params)
+      jax.random.split(k_reset, whole)[lo:hi], env_params)
   step_env = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
   def env_step(c, action, env_keys):
@@ -151,13 +159,14 @@ def evaluate(env, env_params, act: Callable, key, episodes: int, max_steps: int 
   def body(c):
     key, k_act, k_env = jax.random.split(c[-1], 3)
     c = (*c[:-1], key)
-    return env_step(c, act(c[1], k_act), jax.random.split(k_env, episodes))
+    return env_step(c, act(c[1], k_act), jax.random.split(k_env, whole)[lo:hi])
 
   def block_body(c):
     key, k_noise, k_env = jax.random.split(c[-1], 3)
     c = (*c[:-1], key)
-    draws = noise(c[1], k_noise, block)
-    env_keys = jax.random.split(k_env, block * episodes).reshape(block, episodes, -1)
+    all_obs = jax.ShapeDtypeStruct((whole, *c[1].shape[1:]), c[1].dtype)
+    draws = jax.tree.map(lambda x: x[:, lo:hi], noise(all_obs, k_noise, block))
+    env_keys = jax.random.split(k_env, block * whole).reshape(block, whole, -1)[:, lo:hi]
     t0 = c[0]
 
     def inner_cond(ci):

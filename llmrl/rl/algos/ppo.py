@@ -262,4 +262,5 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
     return a if info["clip_actions"] is None else jnp.clip(a, *info["clip_actions"])
 
   return base.Algorithm(init, update, act, batch_size, act_policy,
-                        bind=base.bind_params(unravel))
+                        bind=base.bind_params(unravel),
+                        devices=2 if c.actor_critic_update == "parallel" else 1)
