@@ -7,6 +7,11 @@ clipped surrogate or KL-penalised surrogate, clipped value loss, entropy bonus,
 advantage whitening. With objective="kl" the coefficient beta is doubled when
 the update's mean KL(old || new) exceeds 1.5 kl_target and halved when it is
 below kl_target / 1.5.
+
+`actor_critic_update` chooses how the two networks learn: one joint loss and
+gradient clip ("joint"), each its own clip and Adam step ("separate"), or
+"separate" with the actor's and the critic's epochs on two devices at once
+("parallel", llmrl.rl.parallel: on a CPU, two cores; the same numbers).
 """
 
 from __future__ import annotations
@@ -175,7 +180,7 @@ def make(c: ml_collections.ConfigDict, env, env_params, total_steps: int) -> bas
       p, o = carry
       (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, mb, beta)
       updates, o = tx.update(grads, o, p)
-      stats["grad_sq"] = jnp.square(optax.tree.norm(grads))
+      stats["grad_sq"] = optax.tree.norm(grads, squared=True)
       stats["loss"] = loss
       return (optax.apply_updates(p, updates), o), stats
 
