@@ -47,13 +47,21 @@ def test_on_two_devices_equals_one_device_and_uses_two():
       return jax.lax.fori_loop(0, 50, lambda i, w: w - 1e-3 * x.T @ jnp.tanh(x @ w * scale), w)
     return f
 
-  fa, fb = loop_fn(1.0), lambda w, x: {"sum": loop_fn(2.0)(w, x).sum(0), "n": jnp.int32(7)}
+  def fb(w, x):  # other shapes and dtypes; the integers beyond float32's 2^24
+    return {"sum": loop_fn(2.0)(w, x).sum(0), "n": jnp.int32(2**24 + 1),
+            "flags": x[:3, 0] > 0, "half": x[:2, :2].astype(jnp.bfloat16),
+            "u8": jnp.arange(250, 256, dtype=jnp.uint8)}
+
+  fa = loop_fn(1.0)
   w, x = jnp.full((8, 8), 0.1), jnp.linspace(-1, 1, 24 * 8).reshape(24, 8)
   both = parallel.on_two_devices(fa, fb)
   a, b = jax.jit(both)(w, x)
   np.testing.assert_array_equal(a, jax.jit(fa)(w, x))
-  np.testing.assert_array_equal(b["sum"], jax.jit(fb)(w, x)["sum"])
-  assert b["n"] == 7 and b["n"].dtype == jnp.int32
+  want = jax.jit(fb)(w, x)
+  for k in want:
+    assert b[k].dtype == want[k].dtype and b[k].shape == want[k].shape, k
+    np.testing.assert_array_equal(b[k], want[k], err_msg=k)
+  assert int(b["n"]) == 2**24 + 1
   assert len(a.sharding.device_set) == 2  # the results come back on both devices
   # under vmap (seeds), each example as on its own
   ws = jnp.stack([w, 2 * w])
@@ -65,6 +73,16 @@ def test_on_two_devices_equals_one_device_and_uses_two():
   assert "num_partitions=2" in hlo and "conditional(" in hlo
   with pytest.raises(ValueError, match="device_count=2"):
     parallel.on_two_devices(fa, fb, devices=jax.local_devices()[:1])
+
+
+def test_packed_results_keep_every_bit_of_64_bit_values():
+  with jax.enable_x64(True):
+    tree = {"f": jnp.array([1.5, -2.25e300], jnp.float64), "i": jnp.array([2**40 + 3]),
+            "b": jnp.array([True, False])}
+    back = parallel._unpack(parallel._pack(tree), jax.eval_shape(lambda: tree))
+    for k in tree:
+      assert back[k].dtype == tree[k].dtype, k
+      np.testing.assert_array_equal(back[k], tree[k], err_msg=k)
 
 
 @pytest.mark.parametrize("objective", ["clip", "kl"])
