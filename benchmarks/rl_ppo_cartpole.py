@@ -55,11 +55,10 @@ TOTAL = 100_000
 EVAL_EVERY = 10_000
 EVAL_EPISODES = 128
 SOLVED = 475.0
-UPDATE = ["parallel"]  # llmrl's actor_critic_update (--update)
 
 
-def llmrl_config(evaluate: bool):
-  """configs/rl_ppo.py:rejax (with --update's actor_critic_update), built here so the
+def llmrl_config(evaluate: bool, update: str):
+  """configs/rl_ppo.py:rejax with actor_critic_update=`update`, built here so the
   script needs only the installed package.
 
   evaluate=False still evaluates once, after the last update: rejax with
@@ -75,7 +74,7 @@ def llmrl_config(evaluate: bool):
   c.train.log_every = every // 500         # updates of 500 steps between evaluations
   c.train.eval_episodes = EVAL_EPISODES
   c.train.eval_greedy = False              # rejax evaluates the sampled policy
-  c.algo.actor_critic_update = UPDATE[0]
+  c.algo.actor_critic_update = update
   return c
 
 
@@ -98,8 +97,8 @@ def solve_time(curve, wall):
   return wall * (hit[0] + 1) / len(curve) if len(hit) else float("inf")
 
 
-def bench_llmrl(seeds: int, evaluate: bool):
-  c = llmrl_config(evaluate)
+def bench_llmrl(seeds: int, evaluate: bool, update: str):
+  c = llmrl_config(evaluate, update)
   train = jax.jit(loop.make_train(c))
   keys = [jax.random.PRNGKey(s) for s in range(seeds)]
   times, outs = timed(train, keys)
@@ -107,8 +106,8 @@ def bench_llmrl(seeds: int, evaluate: bool):
   return {"times": times, "curves": curves, "final": [float(cv[-1]) for cv in curves]}
 
 
-def bench_llmrl_vmap(seeds: int):
-  c = llmrl_config(False)
+def bench_llmrl_vmap(seeds: int, update: str):
+  c = llmrl_config(False, update)
   train = jax.jit(jax.vmap(loop.make_train(c)))
   keys = jax.random.split(jax.random.PRNGKey(0), seeds)
   jax.block_until_ready(train(keys))
@@ -117,9 +116,9 @@ def bench_llmrl_vmap(seeds: int):
   return time.perf_counter() - t
 
 
-def worker(seed: int):
+def worker(seed: int, update: str):
   """One side-by-side process: compile and warm up, say "ready", train on "go", print seconds."""
-  train = jax.jit(loop.make_train(llmrl_config(False)))
+  train = jax.jit(loop.make_train(llmrl_config(False, update)))
   key = jax.random.PRNGKey(seed)
   jax.block_until_ready(train(key))
   print("ready", flush=True)
@@ -129,9 +128,9 @@ def worker(seed: int):
   print(f"done {time.perf_counter() - t}", flush=True)
 
 
-def bench_llmrl_processes(seeds: int):
+def bench_llmrl_processes(seeds: int, update: str):
   """(wall s from the common start until every process finished, [each process's own s])."""
-  procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(s), "--update", UPDATE[0]],
+  procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(s), "--update", update],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
            for s in range(seeds)]
 
@@ -217,17 +216,16 @@ def main():
                   help="llmrl's config.algo.actor_critic_update")
   ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
   args = ap.parse_args()
-  UPDATE[0] = args.update
   if args.worker is not None:
-    return worker(args.worker)
+    return worker(args.worker, args.update)
   n = args.seeds
   print(f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s); "
         f"{TOTAL} env steps per run, {n} seeds; llmrl actor_critic_update={args.update}")
 
   rows = {}
   # Interleave the two JAX libraries so machine load affects both alike.
-  ours_ev, rej_ev = bench_llmrl(n, True), bench_rejax(n, True)
-  ours_tr, rej_tr = bench_llmrl(n, False), bench_rejax(n, False)
+  ours_ev, rej_ev = bench_llmrl(n, True, args.update), bench_rejax(n, True)
+  ours_tr, rej_tr = bench_llmrl(n, False, args.update), bench_rejax(n, False)
   for name, ev, tr, finals in (
       ("llmrl", ours_ev, ours_tr, [float(c[-1]) for c in ours_ev["curves"]]),
       ("rejax", rej_ev, rej_tr, [float(c[-1]) for c in rej_ev["curves"]])):
@@ -269,8 +267,8 @@ def main():
           f"{o['steps_per_s_train_only'] / s['steps_per_s_train_only']:.1f}x (target >= 30x); "
           f"sb3 final return {s['final_return'][0]:.1f}")
   seq = sum(ours_tr["times"])
-  vm = bench_llmrl_vmap(n)
-  side, own = bench_llmrl_processes(n)
+  vm = bench_llmrl_vmap(n, args.update)
+  side, own = bench_llmrl_processes(n, args.update)
   print(f"\nllmrl {n} seeds, train only: one after another {seq:.2f}s ({n * TOTAL / seq:,.0f} "
         f"steps/s); vmapped {vm:.2f}s ({n * TOTAL / vm:,.0f} steps/s, {seq / vm:.2f}x); "
         f"{n} processes side by side {side:.2f}s ({n * TOTAL / side:,.0f} steps/s, "

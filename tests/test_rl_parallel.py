@@ -153,6 +153,8 @@ def test_evaluation_parts_concatenate_to_the_whole(env, greedy):
     parts = [run((i, n)) for i in range(n)]
     for j in range(2):  # returns, lengths
       np.testing.assert_array_equal(np.concatenate([q[j] for q in parts]), whole[j])
+  with pytest.raises(ValueError, match=r"part=\(2, 2\)"):
+    run((2, 2))
 
 
 def test_flat_param_groups_round_trip_continuous_actions():

@@ -136,6 +136,9 @@ def evaluate(env, env_params, act: Callable, key, episodes: int, max_steps: int 
   all episodes, which keeps that true only for an `act` that ignores it (greedy).
   """
   i, parts = part
+  if not 0 <= i < parts <= episodes:
+    raise ValueError(f"part={part} is not one of {parts} slices of {episodes} episodes; "
+                     "use (i, n) with 0 <= i < n <= episodes")
   lo, hi = i * episodes // parts, (i + 1) * episodes // parts
   whole = episodes
   episodes = hi - lo
