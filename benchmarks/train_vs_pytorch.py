@@ -129,6 +129,9 @@ def jax_runner(model, params, batches, lr, steps_total):
     jax.block_until_ready(m)
     holder["state"] = s
     return float(m["train/loss"])
+
+  # The optimised HLO of the step, for the matmul inventory (benchmarks/matmul_floor.py).
+  run.compiled_text = lambda: step.lower(holder["state"], data[0]).compile().as_text()
   return run
 
 

@@ -142,7 +142,7 @@ def test_param_count_and_flops():
   )
   cfg = tiny()
   blocks = 2 * (4 * 32 * 32 + 4 * 32 + 2 * 32 * 48 + 48 + 32 + 4 * 32)
-  fwd = 2 * blocks + 2 * 2 * 16 * 32 + 2 * (32 * 32 + 32 * VOCAB)
+  fwd = 2 * blocks + 4 * 2 * 16 * 32 + 2 * (32 * 32 + 32 * VOCAB)
   assert flops_per_token(cfg, 16, training=False) == fwd
   assert flops_per_token(cfg, 16) == 3 * fwd
 

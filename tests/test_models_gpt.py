@@ -381,7 +381,7 @@ def test_param_count_matches_tree(name):
 def test_flops_per_token_formula():
   cfg = tiny(style="gpt2", num_layers=3)
   n = count_params_from_config(cfg)["non_embedding"]
-  expected = 6 * n + 6 * 3 * 16 * 32 + 6 * 32 * VOCAB
+  expected = 6 * n + 12 * 3 * 16 * 32 + 6 * 32 * VOCAB
   assert flops_per_token(cfg, seq_len=16) == expected
   assert flops_per_token(cfg, seq_len=16, training=False) == expected / 3
   # GPT-2 small: 124,439,808 in all (as HF reports); N = 12 * (12 * 768^2 + 9,984 biases and

@@ -209,9 +209,9 @@ def test_flops_formula():
     2 * c["encoder"] * 10
     + 2 * n_x * 10
     + 2 * (c["decoder"] - n_x) * 4
-    + 2 * 2 * 100 * 32
-    + 2 * 2 * 16 * 32
-    + 2 * 2 * 40 * 32
+    + 4 * 2 * 100 * 32
+    + 4 * 2 * 16 * 32
+    + 4 * 2 * 40 * 32
     + 2 * 32 * VOCAB * 4
   )
   assert t5_flops_per_example(cfg, 10, 4, training=False) == fwd

@@ -1,9 +1,14 @@
 """Parameter and FLOP accounting for GPT, BERT and T5 models (for MFU and scaling laws).
 
 FLOPs follow Kaplan et al. (2020, Table 1): 2 FLOPs per weight per token
-(multiply + add), plus the attention term 2 * layers * context * d_attn per
-token; training is 3x the forward pass. Norms, softmax and other elementwise
-work are not counted.
+(multiply + add), plus an attention term; training is 3x the forward pass.
+The attention term counts both attention matmuls, the q.k scores and the
+probability-weighted sum of values, 2 * context * d_attn FLOPs each per token
+and layer (4 * layers * context * d_attn forward), as Chinchilla (Hoffmann et
+al. 2022, Appendix F) and PaLM's MFU (6N + 12 * L * H * Q * T) do; Kaplan's
+table counts only the scores. Norms, softmax and other elementwise work are
+not counted. `tests/test_models_hlo_matmuls.py` checks these formulas against
+the dots of compiled training steps.
 """
 
 import jax
@@ -88,13 +93,14 @@ def flops_per_token(cfg: GPTConfig | BertConfig, seq_len: int, training: bool = 
   `t5_flops_per_example`.
 
   Forward (Kaplan et al. 2020, Table 1, plus the output logits):
-      C_fwd = 2 * N + 2 * num_layers * seq_len * d_attn + 2 * d_model * vocab_size
+      C_fwd = 2 * N + 4 * num_layers * seq_len * d_attn + 2 * d_model * vocab_size
   where N = count_params_from_config(cfg)["active_non_embedding"] (the
   non-embedding parameters a token uses; MoE dispatch/combine are not counted) and
   d_attn = num_heads * head_dim. The middle term counts the q.k scores and
-  the attention-weighted sum of values over the full context (no discount for
-  the causal mask). Training (forward + backward) is 3 * C_fwd:
-      6 * N + 6 * num_layers * seq_len * d_attn + 6 * d_model * vocab_size.
+  the attention-weighted sum of values, 2 * seq_len * d_attn each, over the full
+  context (no discount for the causal mask). Training (forward + backward) is
+  3 * C_fwd:
+      6 * N + 12 * num_layers * seq_len * d_attn + 6 * d_model * vocab_size.
   Norms, softmax and other elementwise work are not counted.
   """
   if isinstance(cfg, BertConfig):
@@ -102,7 +108,7 @@ def flops_per_token(cfg: GPTConfig | BertConfig, seq_len: int, training: bool = 
   if isinstance(cfg, T5Config):
     raise TypeError("T5 has encoder and decoder lengths: use t5_flops_per_example(cfg, enc, dec)")
   n = count_params_from_config(cfg)["active_non_embedding"]
-  forward = 2 * n + 2 * cfg.num_layers * seq_len * cfg.d_attn + 2 * cfg.d_model * cfg.vocab_size
+  forward = 2 * n + 4 * cfg.num_layers * seq_len * cfg.d_attn + 2 * cfg.d_model * cfg.vocab_size
   return float(3 * forward if training else forward)
 
 
@@ -144,14 +150,14 @@ def bert_param_counts(cfg: BertConfig) -> dict:
 def bert_flops_per_token(cfg: BertConfig, seq_len: int, training: bool = True) -> float:
   """Matmul FLOPs per token of BERT on `seq_len`-token inputs.
 
-  Forward: C_fwd = 2 * N_blocks (active) + 2 * num_layers * seq_len * d_model
-  (bidirectional attention over the whole input) + 2 * (d_model^2 +
+  Forward: C_fwd = 2 * N_blocks (active) + 4 * num_layers * seq_len * d_model
+  (scores and weighted values, bidirectional over the whole input) + 2 * (d_model^2 +
   d_model * vocab_size) for the MLM head when present (it is applied at every
   position). Pooler/NSP/classifier work is per example and not counted.
   Training: 3 * C_fwd.
   """
   n = bert_param_counts(cfg)["active_blocks"]
-  forward = 2 * n + 2 * cfg.num_layers * seq_len * cfg.d_model
+  forward = 2 * n + 4 * cfg.num_layers * seq_len * cfg.d_model
   if cfg.mlm_head:
     forward += 2 * (cfg.d_model**2 + cfg.d_model * cfg.vocab_size)
   return float(3 * forward if training else forward)
@@ -209,9 +215,9 @@ def t5_flops_per_example(cfg: T5Config, enc_len: int, dec_len: int, training: bo
   * decoder_layers the cross-attention key/value projections, which run over
   the encoder output:
       C_fwd = 2 * N_enc * enc_len + 2 * N_x * enc_len + 2 * (N_dec - N_x) * dec_len
-            + 2 * layers_enc * enc_len^2 * d_attn            (encoder self-attention)
-            + 2 * layers_dec * dec_len^2 * d_attn            (decoder self-attention)
-            + 2 * layers_dec * dec_len * enc_len * d_attn    (cross-attention)
+            + 4 * layers_enc * enc_len^2 * d_attn            (encoder self-attention)
+            + 4 * layers_dec * dec_len^2 * d_attn            (decoder self-attention)
+            + 4 * layers_dec * dec_len * enc_len * d_attn    (cross-attention)
             + 2 * d_model * vocab_size * dec_len             (output logits)
   Training: 3 * C_fwd.
   """
@@ -222,9 +228,9 @@ def t5_flops_per_example(cfg: T5Config, enc_len: int, dec_len: int, training: bo
     2 * counts["active_encoder"] * enc_len
     + 2 * n_x * enc_len
     + 2 * (counts["active_decoder"] - n_x) * dec_len
-    + 2 * cfg.num_layers * enc_len**2 * a
-    + 2 * cfg.decoder_layers * dec_len**2 * a
-    + 2 * cfg.decoder_layers * dec_len * enc_len * a
+    + 4 * cfg.num_layers * enc_len**2 * a
+    + 4 * cfg.decoder_layers * dec_len**2 * a
+    + 4 * cfg.decoder_layers * dec_len * enc_len * a
     + 2 * cfg.d_model * cfg.vocab_size * dec_len
   )
   return float(3 * forward if training else forward)
