@@ -92,7 +92,7 @@ def flops_per_token(cfg: GPTConfig | BertConfig, seq_len: int, training: bool = 
   BertConfig: see `bert_flops_per_token`; T5Config has two lengths, use
   `t5_flops_per_example`.
 
-  Forward (Kaplan et al. 2020, Table 1, plus the output logits):
+  Forward (Kaplan et al. 2020, Table 1, with both attention matmuls and the output logits):
       C_fwd = 2 * N + 4 * num_layers * seq_len * d_attn + 2 * d_model * vocab_size
   where N = count_params_from_config(cfg)["active_non_embedding"] (the
   non-embedding parameters a token uses; MoE dispatch/combine are not counted) and
