@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import math
 import os
 import statistics
 import sys
@@ -41,7 +42,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from llmrl.models.hlo_matmuls import compiled_matmuls  # noqa: E402
-from train_vs_pytorch import build, jax_runner, torch_runner  # noqa: E402
+from train_vs_pytorch import add_model_args, build, jax_runner, torch_runner  # noqa: E402
 
 _DTYPES = {"f32": (jnp.float32, torch.float32), "bf16": (jnp.bfloat16, torch.bfloat16)}
 
@@ -76,18 +77,10 @@ def time_shape(batch: int, m: int, k: int, n: int, dtype: str, reps: int) -> tup
 
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument("--layers", type=int, default=6)
-  p.add_argument("--width", type=int, default=384)
-  p.add_argument("--heads", type=int, default=6)
-  p.add_argument("--seq", type=int, default=256)
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--vocab", type=int, default=8192)
+  add_model_args(p)
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--reps", type=int, default=15)
-  p.add_argument("--attention", default="plain")
-  p.add_argument("--threads", type=int, default=os.cpu_count())
-  p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
   args = p.parse_args()
   torch.set_num_threads(args.threads)
 
@@ -104,8 +97,8 @@ def main():
   print(f"{'count':>5} {'batch x m x k x n':>24} {'dtype':>5} {'XLA GF/s':>9} {'torch GF/s':>10} "
         f"{'XLA/torch':>9}")
   mm_xla = mm_torch = 0.0
-  for i, (shape, count) in enumerate(sorted(counts.items(), key=lambda kv: -kv[0][0] * kv[0][1]
-                                            * kv[0][2] * kv[0][3] * kv[1])):
+  by_flops = sorted(counts.items(), key=lambda kv: -math.prod(kv[0][:4]) * kv[1])  # most FLOPs first
+  for i, (shape, count) in enumerate(by_flops):
     batch, m, k, n, dtype = shape
     t_xla, t_torch = time_shape(batch, m, k, n, dtype, args.reps)
     mm_xla += count * t_xla

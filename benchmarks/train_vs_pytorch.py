@@ -135,20 +135,25 @@ def jax_runner(model, params, batches, lr, steps_total):
   return run
 
 
-def main():
-  p = argparse.ArgumentParser()
+def add_model_args(p: argparse.ArgumentParser) -> None:
+  """The model, batch and precision flags shared with benchmarks/matmul_floor.py."""
   p.add_argument("--layers", type=int, default=6)
   p.add_argument("--width", type=int, default=384)
   p.add_argument("--heads", type=int, default=6)
   p.add_argument("--seq", type=int, default=256)
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--vocab", type=int, default=8192)
-  p.add_argument("--steps", type=int, default=10)
-  p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--attention", default="plain")
   p.add_argument("--threads", type=int, default=os.cpu_count())
   p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                  help="bf16: mixed precision on both sides (bf16 compute, fp32 params)")
+
+
+def main():
+  p = argparse.ArgumentParser()
+  add_model_args(p)
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--rounds", type=int, default=3)
   args = p.parse_args()
   torch.set_num_threads(args.threads)
 
