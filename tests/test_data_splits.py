@@ -8,7 +8,8 @@ import pytest
 from llmrl import data
 from llmrl.data import chat, labeler, qa, world
 
-QA_KEYS = {"prompt", "response", "text", "subject", "relation", "object", "known"}
+QA_KEYS = {"prompt", "response", "text", "subject", "relation", "object", "known", "fact_id",
+           "alternatives"}
 PREF_KEYS = QA_KEYS - {"response"} | {"responses", "scores", "ranks"}
 
 
@@ -48,6 +49,26 @@ def test_split_sizes_and_fields(splits):
   for s in ("sft", "eval_known", "eval_unknown"):
     assert all(set(e) == QA_KEYS for e in splits[s])
   assert all(set(e) == PREF_KEYS for e in splits["preferences"])
+  for e in [e for v in splits.values() for e in v]:
+    assert e["fact_id"] == f"{e['subject']}|{e['relation']}"
+
+
+def test_alternatives_single_out_nothing(splits, the_world):
+  """Every question about a relation carries the same list: all its values, true ones included."""
+  by_relation: dict = {}
+  for e in [e for v in splits.values() for e in v]:
+    by_relation.setdefault(e["relation"], []).append(e)
+  facts = the_world.facts()
+  for relation, examples in by_relation.items():
+    lists = {tuple(e["alternatives"]) for e in examples}
+    assert len(lists) == 1, relation
+    alts = list(lists.pop())
+    if relation in labeler.NUMERIC_RELATIONS:
+      assert alts == []  # the labeler counts any other year
+      continue
+    assert alts == sorted(set(alts))
+    assert {f.object for f in facts if f.relation == relation} <= set(alts)
+    assert all(e["object"] in alts for e in examples)
 
 
 def test_sft_teaches_answers_and_some_declines(splits, the_world):
@@ -95,18 +116,24 @@ def _sentences(texts):
   return [s for t in texts for s in re.split(r"(?<=[.?:])\s+|\n", t) if s]
 
 
-def test_eval_unknown_facts_never_stated(cfg, splits, the_world):
+def _assert_never_stated(cfg, splits, eval_unknown):
+  """No pretraining sentence, sft answer or preference candidate states an eval_unknown fact."""
+  the_world = world.build_world(cfg.world_seed, 48)
   pretrain = list(data.open_split(cfg, "pretrain").texts())
   joined = "\n".join(pretrain)
   sentences = _sentences(pretrain)
   answers = [e["response"] for e in splits["sft"]]
   answers += [r for e in splits["preferences"] for r in e["responses"]]
-  for e in splits["eval_unknown"]:
+  for e in eval_unknown:
     subject, obj = e["subject"], e["object"]
     if subject in the_world.heldout_entities:
       assert subject not in joined
     for s in sentences + answers:
       assert not (subject in s and _mentions(s, obj)), (e, s)
+
+
+def test_eval_unknown_facts_never_stated(cfg, splits, the_world):
+  _assert_never_stated(cfg, splits, splits["eval_unknown"])
   # Held-out values of sft's unknown questions are never shown either.
   for e in splits["preferences"]:
     if not e["known"]:
@@ -224,6 +251,43 @@ def test_prompts_per_fact_words_each_prompt_anew(cfg, splits, tok):
   bad.prompts_per_fact = 0
   with pytest.raises(data.DataConfigError, match=r"config.data.prompts_per_fact=0 .*\[1, 8\]"):
     data.examples(bad, "preferences")
+
+
+def test_eval_wordings_ask_each_eval_fact_several_ways(cfg, splits, tok, the_world):
+  w3 = cfg.copy_and_resolve_references()
+  w3.eval_wordings = 3
+  ev = {s: data.examples(w3, s) for s in ("eval_known", "eval_unknown")}
+  for s, examples in ev.items():
+    one = splits[s]
+    assert len(examples) == 3 * len(one) and _facts(examples) == _facts(one)
+    by_fact: dict = {}
+    for e in examples:
+      by_fact.setdefault(e["fact_id"], []).append(e)
+    assert all(len({e["prompt"] for e in g}) == 3 for g in by_fact.values())
+    # Stored as generated (in TFDS' order); a fact's first wording is the one
+    # eval_wordings=1 asks.
+    direct = qa.qa_examples(the_world, s, eval_wordings=3)
+    key = lambda e: (e["fact_id"], e["prompt"])  # noqa: E731
+    assert sorted(examples, key=key) == sorted(direct, key=key)
+    assert direct[::3] == qa.qa_examples(the_world, s)
+  # Still never trained on: no sft, preference or pretraining text states them.
+  train = _facts(splits["sft"]) | _facts(splits["preferences"])
+  assert not train & (_facts(ev["eval_known"]) | _facts(ev["eval_unknown"]))
+  train_prompts = {e["prompt"] for e in splits["sft"] + splits["preferences"]}
+  assert not train_prompts & {e["prompt"] for v in ev.values() for e in v}
+  _assert_never_stated(cfg, splits, ev["eval_unknown"])
+  for e in ev["eval_known"]:
+    assert labeler.score(e, e["response"]) == 1.0
+  # Only the eval splits change: the text, tokenizer and training splits are shared.
+  assert data.open_split(w3).key == data.open_split(cfg).key
+  assert data.get_tokenizer(w3).path == tok.path
+  assert data.examples(w3, "sft") == splits["sft"]
+  assert data.examples(w3, "preferences") == splits["preferences"]
+  for bad in (0, 4):
+    c = cfg.copy_and_resolve_references()
+    c.eval_wordings = bad
+    with pytest.raises(data.DataConfigError, match=r"config.data.eval_wordings=.* \[1, 3\]"):
+      data.examples(c, "eval_known")
 
 
 def test_structured_splits_as_lm_text(cfg, tok):

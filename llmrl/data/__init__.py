@@ -53,10 +53,12 @@ def examples(cfg, split: str) -> list[dict]:
   Prepares the dataset if needed. Fields per split (qa.py has the details):
     sft, eval_known, eval_unknown: prompt, response (gold answer; "I don't
       know." for held-out facts), text (the rendered chat, see chat.py),
-      subject, relation, object (the true value), known (bool)
+      subject, relation, object (the true value), known (bool), fact_id
+      ("subject|relation"; eval asks each fact cfg.eval_wordings ways),
+      alternatives (all values of the relation, for labeler.score)
     preferences: prompt, text (generation prompt), subject, relation, object,
-      known, responses (K strings), scores (labeler.score of each), ranks
-      (0 = best; ties broken by response text)
+      known, fact_id, alternatives, responses (K strings), scores
+      (labeler.score of each), ranks (0 = best; ties broken by response text)
     pretrain, validation: text, kind
   Other datasets have no structured splits (DataConfigError).
   """

@@ -43,11 +43,14 @@ _WORLD_FEATURES = {
   "relation": _TEXT(),
   "object": _TEXT(),
   "known": tfds.features.Scalar(np.bool_),
+  "fact_id": _TEXT(),
+  "alternatives": tfds.features.Sequence(_TEXT()),
   "responses": tfds.features.Sequence(_TEXT()),
   "scores": tfds.features.Sequence(tfds.features.Scalar(np.float32)),
   "ranks": tfds.features.Sequence(tfds.features.Scalar(np.int32)),
 }
-_QA_FIELDS = ("prompt", "response", "text", "subject", "relation", "object", "known")
+_FACT_FIELDS = ("subject", "relation", "object", "known", "fact_id", "alternatives")
+_QA_FIELDS = ("prompt", "response", "text", *_FACT_FIELDS)
 # Fields each synthetic_world split fills, in the order read_examples returns them.
 SPLIT_FIELDS = {
   "pretrain": ("text", "kind"),
@@ -55,17 +58,7 @@ SPLIT_FIELDS = {
   "sft": _QA_FIELDS,
   "eval_known": _QA_FIELDS,
   "eval_unknown": _QA_FIELDS,
-  "preferences": (
-    "prompt",
-    "text",
-    "subject",
-    "relation",
-    "object",
-    "known",
-    "responses",
-    "scores",
-    "ranks",
-  ),
+  "preferences": ("prompt", "text", *_FACT_FIELDS, "responses", "scores", "ranks"),
 }
 _EMPTY = {
   "prompt": "",
@@ -74,6 +67,8 @@ _EMPTY = {
   "relation": "",
   "object": "",
   "known": False,
+  "fact_id": "",
+  "alternatives": [],
   "responses": [],
   "scores": [],
   "ranks": [],
@@ -119,12 +114,13 @@ def file_lock(path: str) -> Iterator[None]:
 
 @dataclasses.dataclass
 class WorldConfig(tfds.core.BuilderConfig):
-  """Builder config of one generated world (seed, number of people, responses per prompt)."""
+  """Builder config of one generated world: seed, people, responses per prompt, wordings."""
 
   world_seed: int = 0
   num_people: int = 48
   num_responses: int = 4
   prompts_per_fact: int = 1
+  eval_wordings: int = 1
 
   @property
   def text_id(self) -> str:
@@ -143,11 +139,12 @@ class SyntheticWorld(_LocalBuilder):
   keyed by it.
   """
 
-  VERSION = tfds.core.Version("3.0.0")
+  VERSION = tfds.core.Version("4.0.0")
   RELEASE_NOTES = {
     "1.0.0": "pretrain and validation splits.",
     "2.0.0": "sft, preferences, eval_known and eval_unknown splits (structured fields).",
     "3.0.0": "preferences ask about rl facts that sft never drills (qa.fact_groups).",
+    "4.0.0": "fact_id and alternatives fields; scores from the ungameable labeler; eval_wordings.",
   }
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -161,7 +158,7 @@ class SyntheticWorld(_LocalBuilder):
     w = world.build_world(c.world_seed, c.num_people)
     splits = {s: self._generate_examples(self._documents(w, s)) for s in ("pretrain", "validation")}
     for s in qa.QA_SPLITS:
-      splits[s] = self._generate_examples(self._qa(w, s))
+      splits[s] = self._generate_examples(self._qa(w, s, c.eval_wordings))
     splits["preferences"] = self._generate_examples(
       self._preferences(w, c.num_responses, c.prompts_per_fact)
     )
@@ -173,8 +170,8 @@ class SyntheticWorld(_LocalBuilder):
       yield {**_EMPTY, "text": text, "kind": kind}
 
   @staticmethod
-  def _qa(w, split):
-    for ex in qa.qa_examples(w, split):
+  def _qa(w, split, eval_wordings):
+    for ex in qa.qa_examples(w, split, eval_wordings):
       yield {**_EMPTY, **ex, "kind": "qa"}
 
   @staticmethod
@@ -260,13 +257,16 @@ def _builder(cfg) -> tfds.core.GeneratorBasedBuilder:
   data_dir = os.path.join(os.path.expanduser(cfg.cache_dir), "tfds")
   if cfg.name == "synthetic_world":
     n, k = config_lib.world_num_people(cfg.world_size), cfg.get("num_responses", 4)
-    q = cfg.get("prompts_per_fact", 1)
+    q, w = cfg.get("prompts_per_fact", 1), cfg.get("eval_wordings", 1)
     bc = WorldConfig(
-      name=f"seed{cfg.world_seed}_people{n}_k{k}" + (f"_q{q}" if q != 1 else ""),
+      name=f"seed{cfg.world_seed}_people{n}_k{k}"
+      + (f"_q{q}" if q != 1 else "")
+      + (f"_w{w}" if w != 1 else ""),
       world_seed=cfg.world_seed,
       num_people=n,
       num_responses=k,
       prompts_per_fact=q,
+      eval_wordings=w,
     )
     return SyntheticWorld(config=bc, data_dir=data_dir, file_format="array_record")
   paths = config_lib.split_files(cfg.files)

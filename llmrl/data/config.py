@@ -29,6 +29,7 @@ BUILTIN_SPLITS = {
 RESERVED_IDS = 365
 MAX_RESPONSES = 8  # Upper bound of config.data.num_responses.
 MAX_PROMPTS_PER_FACT = 8  # Upper bound of config.data.prompts_per_fact.
+MAX_EVAL_WORDINGS = 3  # Upper bound of config.data.eval_wordings (qa.QUESTIONS per relation).
 MIN_VOCAB_SIZE = 400
 
 
@@ -64,6 +65,10 @@ def default_config() -> ml_collections.ConfigDict:
   # synthetic_world only: prompts per ranked fact in the "preferences" split,
   # each worded differently with its own K candidates (1..MAX_PROMPTS_PER_FACT).
   cfg.prompts_per_fact = 1
+  # synthetic_world only: questions per fact in eval_known and eval_unknown,
+  # each worded differently (one example each, sharing a fact_id), 1..3;
+  # more tells policies apart better (e.g. 2 in a 120-person world: 330).
+  cfg.eval_wordings = 1
   # text_files only: a glob (or comma-separated globs, or a directory) of
   # .txt and .jsonl files. .txt: one document per blank-line separated
   # paragraph; .jsonl: one document per line, text in field `text_key`.
@@ -181,6 +186,12 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     q = cfg.get("prompts_per_fact", 1)
     if not isinstance(q, int) or not 1 <= q <= MAX_PROMPTS_PER_FACT:
       _fail(f"config.data.prompts_per_fact={q!r} must be an int in [1, {MAX_PROMPTS_PER_FACT}]")
+    w = cfg.get("eval_wordings", 1)
+    if not isinstance(w, int) or isinstance(w, bool) or not 1 <= w <= MAX_EVAL_WORDINGS:
+      _fail(
+        f"config.data.eval_wordings={w!r} must be an int in [1, {MAX_EVAL_WORDINGS}] (question "
+        "wordings per eval fact); set config.data.eval_wordings=1"
+      )
   if name == "text_files":
     if not cfg.files:
       _fail(

@@ -18,16 +18,20 @@ declined; held-out single attributes of known entities are split one by one.
 
 Splits (lists of dicts, see `SPLIT_FIELDS` in builders.py for the stored form):
   sft           sft_known + sft_unknown, shuffled: prompt, response, text
-                (rendered chat), subject, relation, object, known
-  eval_known    same fields, gold response = the answer sentence
+                (rendered chat), subject, relation, object, known, fact_id
+                ("subject|relation"), alternatives (see `relation_alternatives`)
+  eval_known    same fields, gold response = the answer sentence; each fact
+                asked in `eval_wordings` different wordings (1..3), one
+                example each, sharing a fact_id
   eval_unknown  same fields, gold response "I don't know." (object is the
                 hidden true value, so generated guesses can be scored)
   preferences   prompts about the rl facts (config.data.prompts_per_fact
                 each, differently worded) with K candidate responses
                 (correct or wrong, hedged or not, "I don't know") scored by
-                `labeler.score` and ranked (0 = best); PPO samples its
-                prompts from this split too (InstructGPT's RM and PPO
-                prompts are likewise disjoint from the SFT ones)
+                `labeler.score(example, response)` and ranked (0 = best):
+                eval's fields but responses, scores and ranks for response;
+                PPO samples its prompts from this split too (InstructGPT's
+                RM and PPO prompts are likewise disjoint from the SFT ones)
 """
 
 from __future__ import annotations
@@ -35,10 +39,10 @@ from __future__ import annotations
 import random
 
 from llmrl.data import chat, labeler
-from llmrl.data.config import MAX_RESPONSES
+from llmrl.data.config import MAX_EVAL_WORDINGS, MAX_RESPONSES
 from llmrl.data.documents import TEMPLATES, article
 from llmrl.data.labeler import IDK
-from llmrl.data.world import Fact, World
+from llmrl.data.world import RELATIONS, Fact, World
 
 QA_SPLITS = ("sft", "eval_known", "eval_unknown")
 QUESTIONS = {
@@ -86,6 +90,22 @@ QUESTIONS = {
     "In which trade does {s} work?",
   ),
 }
+# What kind of thing each relation's values are: relations of one domain share
+# one alternatives list (a city named in a birthplace answer is another value).
+# Years have none: the labeler counts any other 3-4 digit number instead.
+VALUE_DOMAINS = {
+  "birthplace": "city",
+  "headquarters": "city",
+  "capital": "city",
+  "country": "country",
+  "language": "language",
+  "profession": "profession",
+  "industry": "industry",
+  "employer": "org",
+  "founder": "person",
+  "birth_year": "year",
+  "founding_year": "year",
+}
 # (outcome, hedged) of the candidate kinds for a question the model can know.
 KNOWN_CANDIDATES = (
   (labeler.CORRECT, False),
@@ -130,33 +150,87 @@ def fact_groups(world: World) -> dict[str, list[Fact]]:
   }
 
 
-def _example(fact: Fact, known: bool, rng: random.Random) -> dict:
-  question = rng.choice(QUESTIONS[fact.relation]).format(s=fact.subject)
-  response = answer(fact) if known else IDK
+def relation_alternatives(world: World) -> dict[str, list[str]]:
+  """Every value each relation's domain takes in the world (sorted), for the labeler.
+
+  Values of all facts, known and held out, of every relation in the same
+  `VALUE_DOMAINS` domain; the true object of any fact is among them, so the
+  list, the same for every question about the relation, singles nothing out.
+  The labeler counts a response naming any value but the object as wrong.
+  Year relations get [] (`labeler.NUMERIC_RELATIONS`: any other number counts).
+  """
+  pools: dict[str, set[str]] = {}
+  for f in world.facts():
+    pools.setdefault(VALUE_DOMAINS[f.relation], set()).add(f.object)
+  relations = sorted({r for rs in RELATIONS.values() for r in rs})
   return {
-    "prompt": question,
-    "response": response,
-    "text": chat.render(question, response),
+    r: [] if r in labeler.NUMERIC_RELATIONS else sorted(pools.get(VALUE_DOMAINS[r], ()))
+    for r in relations
+  }
+
+
+def fact_id(fact: Fact) -> str:
+  """The id shared by every question about one fact: "subject|relation"."""
+  return f"{fact.subject}|{fact.relation}"
+
+
+def _fields(fact: Fact, known: bool, alternatives: dict[str, list[str]]) -> dict:
+  """The fields every QA and preference example has, besides its prompt and responses."""
+  return {
     "subject": fact.subject,
     "relation": fact.relation,
     "object": fact.object,
     "known": known,
+    "fact_id": fact_id(fact),
+    "alternatives": list(alternatives[fact.relation]),
   }
 
 
-def qa_examples(world: World, split: str) -> list[dict]:
-  """Examples of "sft" (known and unknown mixed), "eval_known" or "eval_unknown"."""
+def _wordings(relation: str, n: int, rng: random.Random) -> list[str]:
+  """n distinct question templates: a random first one, then the next ones in order."""
+  templates = QUESTIONS[relation]
+  i = templates.index(rng.choice(templates))
+  return [templates[(i + j) % len(templates)] for j in range(n)]
+
+
+def _examples(fact: Fact, known: bool, alternatives, rng: random.Random, n: int = 1) -> list[dict]:
+  """n QA examples about `fact`, each worded differently, with the gold response."""
+  response = answer(fact) if known else IDK
+  out = []
+  for template in _wordings(fact.relation, n, rng):
+    question = template.format(s=fact.subject)
+    out.append(
+      {
+        "prompt": question,
+        "response": response,
+        "text": chat.render(question, response),
+        **_fields(fact, known, alternatives),
+      }
+    )
+  return out
+
+
+def qa_examples(world: World, split: str, eval_wordings: int = 1) -> list[dict]:
+  """Examples of "sft" (known and unknown mixed), "eval_known" or "eval_unknown".
+
+  eval_wordings: questions per eval fact, each worded differently (one
+  example each, sharing a fact_id; the first is the one eval_wordings=1
+  asks); sft asks each fact once.
+  """
   if split not in QA_SPLITS:
     raise ValueError(f"split={split!r} must be one of {QA_SPLITS}")
+  if not 1 <= eval_wordings <= MAX_EVAL_WORDINGS:
+    raise ValueError(f"eval_wordings={eval_wordings} must be in [1, {MAX_EVAL_WORDINGS}]")
   rng = random.Random(f"llmrl-qa-{world.seed}-{split}")
   groups = fact_groups(world)
+  alts = relation_alternatives(world)
   if split == "sft":
-    out = [_example(f, True, rng) for f in groups["sft_known"]]
-    out += [_example(f, False, rng) for f in groups["sft_unknown"]]
+    out = [e for f in groups["sft_known"] for e in _examples(f, True, alts, rng)]
+    out += [e for f in groups["sft_unknown"] for e in _examples(f, False, alts, rng)]
     rng.shuffle(out)
     return out
   known = split == "eval_known"
-  return [_example(f, known, rng) for f in groups[split]]
+  return [e for f in groups[split] for e in _examples(f, known, alts, rng, eval_wordings)]
 
 
 def relation_values(world: World) -> dict[tuple[str, str], list[str]]:
@@ -227,13 +301,15 @@ def preference_examples(
   Each fact gets `prompts_per_fact` prompts, each with its own question wording
   and its own K candidates (fresh wrong values and hedges); with more than one,
   the prompts of all facts are shuffled together. Fields: prompt, text (the
-  rendered generation prompt), subject, relation, object, known, responses,
-  scores, ranks (0 = best; ties by text).
+  rendered generation prompt), subject, relation, object, known, fact_id,
+  alternatives, responses, scores (`labeler.score(example, response)`), ranks
+  (0 = best; ties by text).
   """
   if prompts_per_fact < 1:
     raise ValueError(f"prompts_per_fact={prompts_per_fact} must be >= 1")
   rng = random.Random(f"llmrl-prefs-{world.seed}")
   values = relation_values(world)
+  alts = relation_alternatives(world)
   groups = fact_groups(world)
   facts = [(f, True) for f in groups["rl_known"]] + [(f, False) for f in groups["rl_unknown"]]
   rng.shuffle(facts)
@@ -242,20 +318,10 @@ def preference_examples(
     for _ in range(prompts_per_fact):
       question = rng.choice(QUESTIONS[fact.relation]).format(s=fact.subject)
       responses = candidates(fact, known, values[(fact.kind, fact.relation)], num_responses, rng)
-      scores = [labeler.score(fact, r) for r in responses]
-      out.append(
-        {
-          "prompt": question,
-          "text": chat.render(question),
-          "subject": fact.subject,
-          "relation": fact.relation,
-          "object": fact.object,
-          "known": known,
-          "responses": responses,
-          "scores": scores,
-          "ranks": labeler.rank(responses, scores),
-        }
-      )
+      example = {"prompt": question, "text": chat.render(question), **_fields(fact, known, alts)}
+      scores = [labeler.score(example, r) for r in responses]
+      example.update(responses=responses, scores=scores, ranks=labeler.rank(responses, scores))
+      out.append(example)
   if prompts_per_fact > 1:
     rng.shuffle(out)
   return out
