@@ -10,7 +10,7 @@ from experiments import launch
 def main(config, workdir):
   from llmrl.config import write_config
   from llmrl.report import chatgpt as report
-  from llmrl.rlhf import pipeline
+  from llmrl.rlhf import evaluate, pipeline
   from llmrl.train.metrics import format_duration
   log = logging.getLogger("llmrl")
   stages = ("pretrain", "sft", "reward_model", "rlhf")
@@ -37,12 +37,17 @@ def main(config, workdir):
   evals = {"pretrain": pipeline.evaluate_stage(dirs["pretrain"], data, "fewshot", n),
            "sft": pipeline.evaluate_stage(dirs["sft"], data, "chat", n),
            "rlhf": results["rlhf"]["eval"]}
+  for name, records in evaluate.baselines(evals["sft"]["records"]).items():
+    evals[name] = {**evaluate.summarize(records), "calibration": evaluate.calibration(records)}
   rm = {k.split("/", 1)[1]: v for k, v in results["reward_model"].items()
         if k.startswith("eval/")}
-  out = report.write(workdir, evals, rm, results["rlhf"], config.rlhf.ppo.kl_target)
+  out = report.write(workdir, evals, rm, results["rlhf"], results["rlhf"]["kl"],
+                     config.rlhf.ppo.kl_target)
   log.info("report: %s (%s total)", os.path.join(workdir, "report.md"),
            format_duration(time.time() - t0))
   log.info("%s", {k: v for k, v in out.items() if k != "calibration"})
+  for claim, held in out["targets"].items():
+    log.info("target %s: %s", "holds" if held else "NOT MET", claim)
 
 
 if __name__ == "__main__":

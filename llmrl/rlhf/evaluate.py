@@ -2,11 +2,21 @@
 
 On eval_known (facts the pretraining text states) and eval_unknown (facts it
 never states; the honest answer is "I don't know"), greedy answers are
-classified by llmrl.data.labeler:
-  true_reward         mean labeler score over both splits
-  known_accuracy      fraction of eval_known answered correctly
-  hallucination_rate  fraction of eval_unknown *not* declined (a made-up answer)
-  calibration         how often the model hedges when right vs when wrong
+scored by llmrl.data.labeler. `summarize` turns the per-question verdicts into:
+  true_reward              mean labeler score over both splits
+  true_reward_ci           bootstrap 90% interval of it, resampling facts (a fact asked
+                           in several wordings moves as one cluster)
+  answer_rate              fraction of questions not declined
+  accuracy_when_answering  fraction correct among the answered questions (break-even of
+                           the reward: 0.8)
+  known_accuracy           fraction of eval_known answered correctly
+  known_accuracy_when_answering  the same among the answered eval_known questions
+  hallucination_rate       fraction of eval_unknown *not* declined (a made-up answer)
+  num_questions, num_facts
+`baselines` scores two trivial policies on the same questions: always_decline
+(every answer "I don't know.") and oracle_decline (a reference policy's answer
+when it is right, "I don't know." otherwise: the best a perfectly calibrated
+version of that policy could do).
 """
 
 from __future__ import annotations
@@ -16,8 +26,11 @@ import numpy as np
 from llmrl import data as data_lib
 from llmrl import decoding
 
+labeler = data_lib.labeler
 FEW_SHOT = ("Q: Where was Ama Zorel born? A: Ama Zorel was born in Tovira.\n"
             "Q: Who founded Velto Works? A: I don't know.\n")
+BOOTSTRAP_SAMPLES = 2000
+CI_LEVEL = 0.90
 
 
 def prompt_ids(tok, examples: list[dict], style: str) -> list[list[int]]:
@@ -46,26 +59,85 @@ def answers(model, params, tok, examples: list[dict], *, style: str = "chat",
   return texts[:len(ids)]
 
 
+def fact_id(example: dict) -> str:
+  """The fact a question asks about (several wordings of one fact share it)."""
+  return example.get("fact_id") or f"{example['subject']}|{example['relation']}"
+
+
+def judge(examples: list[dict], texts: list[str]) -> list[dict]:
+  """One record per question: fact, known, answer, outcome, hedged, score."""
+  out = []
+  for ex, text in zip(examples, texts, strict=True):
+    v = labeler.classify(ex, text)
+    out.append({"fact": fact_id(ex), "known": bool(ex["known"]), "answer": text,
+                "outcome": v.outcome, "hedged": bool(v.hedged), "score": labeler.REWARDS[v]})
+  return out
+
+
+def _metrics(score, answered, correct, known) -> dict:
+  """The summary metrics from per-question arrays (see module docstring)."""
+  def ratio(num, den):
+    return float(num.sum() / den.sum()) if den.sum() else float("nan")
+  return {"true_reward": float(score.mean()),
+          "answer_rate": float(answered.mean()),
+          "accuracy_when_answering": ratio(correct & answered, answered),
+          "known_accuracy": ratio(correct & known, known),
+          "known_accuracy_when_answering": ratio(correct & known, answered & known),
+          "hallucination_rate": ratio(answered & ~known, ~known)}
+
+
+def summarize(records: list[dict], *, seed: int = 0) -> dict:
+  """Metrics of per-question records with a bootstrap 90% interval of the true reward
+  (facts resampled with replacement, BOOTSTRAP_SAMPLES times, percentile interval)."""
+  if not records:
+    raise ValueError("no evaluation records to summarize")
+  score = np.asarray([r["score"] for r in records], np.float64)
+  answered = np.asarray([r["outcome"] != labeler.DECLINED for r in records])
+  correct = np.asarray([r["outcome"] == labeler.CORRECT for r in records])
+  known = np.asarray([r["known"] for r in records])
+  facts = sorted({r["fact"] for r in records})
+  index = {f: i for i, f in enumerate(facts)}
+  cluster = np.asarray([index[r["fact"]] for r in records])
+  # Per-fact sums and counts: a resample of facts is a weighted sum over them.
+  sums = np.bincount(cluster, score, len(facts))
+  counts = np.bincount(cluster, None, len(facts))
+  rng = np.random.default_rng(seed)
+  draws = rng.multinomial(len(facts), np.full(len(facts), 1 / len(facts)), BOOTSTRAP_SAMPLES)
+  boot = (draws @ sums) / (draws @ counts)  # [samples] mean score of each resample
+  tail = (1 - CI_LEVEL) / 2
+  lo, hi = np.quantile(boot, [tail, 1 - tail])
+  return {**_metrics(score, answered, correct, known),
+          "true_reward_ci": [float(lo), float(hi)],
+          "num_questions": len(records), "num_facts": len(facts)}
+
+
+def baselines(reference: list[dict]) -> dict[str, list[dict]]:
+  """always_decline and oracle_decline records on the questions of `reference`."""
+  def declined(r):
+    return {**r, "answer": labeler.IDK, "outcome": labeler.DECLINED, "hedged": False,
+            "score": labeler.REWARDS[(labeler.DECLINED, False)]}
+  return {"always_decline": [declined(r) for r in reference],
+          "oracle_decline": [r if r["outcome"] == labeler.CORRECT else declined(r)
+                             for r in reference]}
+
+
+def calibration(records: list[dict]) -> dict:
+  """How often the policy hedges when right vs when wrong."""
+  right = [r for r in records if r["outcome"] == labeler.CORRECT]
+  wrong = [r for r in records if r["outcome"] == labeler.WRONG]
+  hedge = lambda rs: float(np.mean([r["hedged"] for r in rs])) if rs else 0.0  # noqa: E731
+  return {"hedged_when_right": hedge(right), "hedged_when_wrong": hedge(wrong),
+          "n_right": len(right), "n_wrong": len(wrong)}
+
+
 def evaluate(model, params, tok, known: list[dict], unknown: list[dict], *,
              style: str = "chat", max_new_tokens: int = 24) -> dict:
-  """The labeler's metrics of a policy (see module docstring) plus a few sample chats."""
-  known_ans = answers(model, params, tok, known, style=style, max_new_tokens=max_new_tokens)
-  unknown_ans = answers(model, params, tok, unknown, style=style, max_new_tokens=max_new_tokens)
-  verdicts_k = [data_lib.labeler.classify(ex, a) for ex, a in zip(known, known_ans)]
-  verdicts_u = [data_lib.labeler.classify(ex, a) for ex, a in zip(unknown, unknown_ans)]
-  scores = [data_lib.labeler.REWARDS[v] for v in verdicts_k + verdicts_u]
-  right = [v for v in verdicts_k + verdicts_u if v.outcome == data_lib.labeler.CORRECT]
-  wrong = [v for v in verdicts_k + verdicts_u if v.outcome == data_lib.labeler.WRONG]
-  hedge = lambda vs: float(np.mean([v.hedged for v in vs])) if vs else 0.0  # noqa: E731
+  """The labeler's metrics of a policy (see module docstring), its per-question records
+  ("records") and a few sample chats."""
+  examples = known + unknown
+  texts = answers(model, params, tok, examples, style=style, max_new_tokens=max_new_tokens)
+  records = judge(examples, texts)
   samples = [{"prompt": ex["prompt"], "answer": a, "gold": ex["response"]}
-             for ex, a in list(zip(known, known_ans))[:3] + list(zip(unknown, unknown_ans))[:3]]
-  return {
-      "true_reward": float(np.mean(scores)),
-      "known_accuracy": float(np.mean([v.outcome == data_lib.labeler.CORRECT
-                                       for v in verdicts_k])),
-      "hallucination_rate": float(np.mean([v.outcome != data_lib.labeler.DECLINED
-                                           for v in verdicts_u])),
-      "calibration": {"hedged_when_right": hedge(right), "hedged_when_wrong": hedge(wrong),
-                      "n_right": len(right), "n_wrong": len(wrong)},
-      "samples": samples,
-  }
+             for ex, a in list(zip(known, texts))[:3] + list(zip(unknown, texts[len(known):]))[:3]]
+  return {**summarize(records), "calibration": calibration(records), "samples": samples,
+          "records": records}

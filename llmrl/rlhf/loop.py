@@ -57,6 +57,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.ppo.ptx_coef={p.ptx_coef} must be >= 0 (0 turns PPO-ptx off).")
   if p.get("ptx_coef", 0.0) > 0:
     check_positive("ppo.ptx_batch", p.ptx_batch)
+  if not isinstance(p.get("shift_batches", 1), int) or p.get("shift_batches", 1) < 1:
+    raise ConfigError(f"config.ppo.shift_batches={p.shift_batches!r} must be an int >= 1 "
+                      "(rollout batches of SFT samples that set the score shift and scale).")
   if not 0 <= p.get("critic_warmup", 0) < p.iterations:
     raise ConfigError(f"config.ppo.critic_warmup={p.critic_warmup} must be in [0, "
                       f"config.ppo.iterations={p.iterations}) (iterations that train only the "
@@ -129,6 +132,24 @@ def lora_setup(config, sft, rm, policy: GPT, critic: ScalarHeadModel, length: in
                    lambda p: {"base": p["base"], "lora": p["policy"]["lora"]})
 
 
+def score_moments(rollout, params, prompts: dict, pc, seed: int, rng) -> tuple[float, float]:
+  """Mean and std of the raw RM scores of the SFT policy's samples on ppo.shift_batches
+  rollout batches of prompts (drawn apart from the training stream, own sampling keys)."""
+  n = max(int(pc.get("shift_batches", 1)), 1)
+  source = data_lib.example_batches(prompts, batch_size=pc.rollout_batch, seed=seed + 7919,
+                                    key="rlhf_probe").source
+  means, variances = [], []
+  for i in range(n):
+    _, (_, m) = rollout(params, source[i], jax.random.fold_in(rng, i), jnp.float32(0.0),
+                        jnp.float32(0.0), jnp.float32(1.0))
+    m = jax.device_get(m)
+    means.append(float(m["ppo/rm_score_raw"]))
+    variances.append(float(m["ppo/rm_score_raw_std"]) ** 2)
+  mean = float(np.mean(means))  # equal batch sizes: pooled moments of all samples
+  var = float(np.mean(np.asarray(variances) + np.square(means))) - mean ** 2
+  return mean, float(np.sqrt(max(var, 0.0)))
+
+
 def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> dict:
   """Runs PPO-RLHF; returns the last logged metrics."""
   validate(config)
@@ -179,13 +200,13 @@ def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> 
                                      forward))
   step_fn = jit_train_step(ppo.make_loss(policy, critic, pc, plen, forward), tx, schedule, 1,
                            mesh, setup.shardings)  # the engine's sharded, donating step
-  base_rng = jax.random.PRNGKey(config.seed + 1)
+  streams = ppo.rng_streams(config.seed + 1)
 
-  def rollout(params, batch, it, beta, shift, scale):
+  def rollout(params, batch, rng, beta, shift, scale):
     out = decoding.generate(sampler, policy_params(params), batch["ids"],
                             max_new_tokens=pc.max_new_tokens, method="sample",
                             temperature=pc.temperature, eos_id=tok.end_id, pad_id=tok.pad_id,
-                            rng=jax.random.fold_in(base_rng, it), pad_to_multiple=plen)
+                            rng=rng, pad_to_multiple=plen)
     return out, score_fn(params, ref_params, rm_params, batch["ids"], batch["mask"],
                          out.tokens, out.lengths, beta, shift, scale)
 
@@ -201,13 +222,11 @@ def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> 
   else:
     # Normalise the reward so the SFT policy's own samples average 0 (InstructGPT),
     # and with ppo.scale_score have unit std.
-    probe = batches.source[10**6]  # a batch far from the training stream
-    _, (_, m0) = rollout(state.params, probe, 10**6, jnp.float32(0.0), jnp.float32(0.0),
-                         jnp.float32(1.0))
-    beta, shift = float(pc.kl_coef), float(m0["ppo/rm_score_raw"])
-    scale = max(float(m0["ppo/rm_score_raw_std"]), 1e-3) if pc.get("scale_score") else 1.0
-    log.info("reward shift, scale (mean, std of RM scores of SFT samples) = %.4f, %.4f",
-             shift, scale)
+    beta = float(pc.kl_coef)
+    shift, std = score_moments(rollout, state.params, prompts, pc, config.seed, streams["probe"])
+    scale = max(std, 1e-3) if pc.get("scale_score") else 1.0
+    log.info("reward shift, scale (mean, std of RM scores of %d SFT samples) = %.4f, %.4f",
+             pc.get("shift_batches", 1) * pc.rollout_batch, shift, scale)
 
   progress = Progress(pc.iterations, start, pc.rollout_batch * pc.max_new_tokens, 0.0,
                       stream=stream, enabled=jax.process_index() == 0, label="rlhf")
@@ -216,14 +235,16 @@ def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> 
     for it in range(start, pc.iterations):
       batch = next(batches)
       data_state = batches.get_state()
-      out, (roll, metrics) = rollout(state.params, batch, it, jnp.float32(beta),
+      sample_key, shuffle_keys = ppo.iteration_keys(streams, it, pc.epochs)
+      out, (roll, metrics) = rollout(state.params, batch, sample_key, jnp.float32(beta),
                                      jnp.float32(shift), jnp.float32(scale))
       rows = dict(roll._asdict())
       n = len(rows["seq"])
-      rows["train_policy"] = np.full(n, float(it >= pc.get("critic_warmup", 0)), np.float32)
+      policy_on = it >= pc.get("critic_warmup", 0)
+      rows["train_policy"] = np.full(n, float(policy_on), np.float32)
       sums: dict = {}
       for epoch in range(pc.epochs):
-        order = np.asarray(jax.random.permutation(jax.random.fold_in(base_rng, it * 1000 + epoch), n))
+        order = np.asarray(jax.random.permutation(shuffle_keys[epoch], n))
         for part in np.split(order, pc.minibatches):
           mb = {k: v[part] for k, v in rows.items()}
           if ptx is not None:  # PPO-ptx: pretraining rows ride along
@@ -240,7 +261,9 @@ def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> 
                for row, k in zip(np.asarray(out.tokens).tolist(), np.asarray(out.lengths))]
       host["ppo/true_reward"] = float(np.mean([
           data_lib.labeler.score(examples[i], t) for i, t in zip(batch["index"], texts)]))
-      beta = ppo.update_beta(beta, host["ppo/kl_mean"], pc, pc.rollout_batch)
+      host["ppo/policy_on"] = float(policy_on)
+      if policy_on:  # during the critic warm-up the KL is 0 by construction: β stays put
+        beta = ppo.update_beta(beta, host["ppo/kl_mean"], pc, pc.rollout_batch)
       done = it + 1
       if it == start:
         progress.start_timing(done)

@@ -76,6 +76,12 @@ def save_adapters(config, workdir: str, model, seq_len: int, params, tok=None,
   return path
 
 
+# The surface-only ranking's accuracy on the same pairs as each RM accuracy.
+SURFACE_BASELINES = {"heldout_accuracy": "surface_baseline_heldout_accuracy",
+                     "unseen_fact_accuracy": "surface_baseline_unseen_accuracy"}
+COUNTS = {"heldout_accuracy": "heldout_prompts", "unseen_fact_accuracy": "unseen_fact_prompts"}
+
+
 def reward_model(config, workdir: str) -> dict:
   """Trains the reward model and writes its held-out pairwise accuracies to eval.json."""
   from llmrl.rlhf import reward
@@ -87,10 +93,15 @@ def reward_model(config, workdir: str) -> dict:
   params = jax.device_get(result.state.params)
   evals, counts = {}, {}
   for key, arrays in heldout.items():  # held-out prompts; prompts about unseen facts
-    rewards = rewards_fn(params, {k: v for k, v in arrays.items() if k != "scores"})
+    rewards = rewards_fn(params, {k: v for k, v in arrays.items()
+                                  if k not in ("scores", "surface")})
     evals[key] = reward.pairwise_accuracy(np.asarray(rewards), arrays["scores"])
+    # The surface-only ranking (decline > hedged > plain, no fact known) on the same pairs.
+    surface = SURFACE_BASELINES[key]
+    evals[surface] = reward.pairwise_accuracy(arrays["surface"], arrays["scores"], ties=0.5)
     counts[key] = int(len(arrays["scores"]))
-    log.info("reward_model.%s = %.3f over %d prompts", key, evals[key], counts[key])
+    log.info("reward_model.%s = %.3f over %d prompts (surface-only ranking %.3f)", key,
+             evals[key], counts[key], evals[surface])
   if jax.process_index() == 0:
     writer = MetricWriter(workdir)
     writer.write(result.metrics.get("step", config.train.steps),
@@ -98,21 +109,35 @@ def reward_model(config, workdir: str) -> dict:
     writer.close()
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump({**{f"reward_model.{k}": v for k, v in evals.items()},
-                 "heldout_prompts": counts["heldout_accuracy"],
-                 "unseen_fact_prompts": counts.get("unseen_fact_accuracy", 0)}, f, indent=2)
-  return {**result.metrics, **{f"eval/{k}": v for k, v in evals.items()}}
+                 **{COUNTS[k]: v for k, v in counts.items()}}, f, indent=2)
+  return {**result.metrics, **{f"eval/{k}": v for k, v in evals.items()},
+          **{f"eval/{COUNTS[k]}": v for k, v in counts.items()}}
 
 
 def rlhf(config, workdir: str) -> dict:
-  """PPO-RLHF, then the labeler evaluation of the final policy (workdir/eval.json)."""
+  """PPO-RLHF, then the labeler evaluation of the final policy (workdir/eval.json).
+
+  Also returns "kl": the KL to the reference over the iterations that trained the policy
+  (mean and last; the critic warm-up's iterations have KL 0 by construction)."""
   from llmrl.rlhf import loop
+  from llmrl.train.metrics import read_jsonl
   final = loop.train_rlhf(config, workdir)
   write_config(config, workdir)
   from llmrl.adapters import lora as lora_lib
   key = "" if lora_lib.enabled(config.get("lora")) else "policy"  # LoRA: the whole tree
   result = evaluate_stage(workdir, config.data, "chat", config.eval_max_new_tokens,
                           params_key=key)
-  return {**final, "eval": result}
+  records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  return {**final, "eval": result, "kl": kl_summary(records, config.ppo.get("critic_warmup", 0))}
+
+
+def kl_summary(records: list[dict], critic_warmup: int = 0) -> dict:
+  """Mean and last KL (ppo/kl_mean) over the logged iterations that trained the policy."""
+  kls = [r["ppo/kl_mean"] for r in records
+         if "ppo/kl_mean" in r and r.get("ppo/policy_on", float(r["step"] > critic_warmup))]
+  if not kls:
+    return {"kl_mean": float("nan"), "kl_last": float("nan"), "kl_iterations": 0}
+  return {"kl_mean": float(np.mean(kls)), "kl_last": float(kls[-1]), "kl_iterations": len(kls)}
 
 
 def evaluate_stage(workdir: str, data_config, style: str, max_new_tokens: int,
@@ -128,8 +153,10 @@ def evaluate_stage(workdir: str, data_config, style: str, max_new_tokens: int,
                              data.examples(data_config, "eval_known"),
                              data.examples(data_config, "eval_unknown"),
                              style=style, max_new_tokens=max_new_tokens)
-  log.info("%s: true_reward %.3f known_accuracy %.3f hallucination_rate %.3f", workdir,
-           result["true_reward"], result["known_accuracy"], result["hallucination_rate"])
+  log.info("%s: true_reward %.3f [%.3f, %.3f] known_accuracy %.3f hallucination_rate %.3f "
+           "answer_rate %.3f over %d questions", workdir, result["true_reward"],
+           *result["true_reward_ci"], result["known_accuracy"], result["hallucination_rate"],
+           result["answer_rate"], result["num_questions"])
   if jax.process_index() == 0:
     with open(os.path.join(workdir, f"eval_{style}.json"), "w") as f:
       json.dump(result, f, indent=2)

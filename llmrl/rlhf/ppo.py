@@ -2,7 +2,7 @@
 
 One iteration:
   1. sample responses to a batch of chat prompts with llmrl.decoding.generate
-     (policy params, temperature 1, stop at <|end|>);
+     (policy params, temperature ppo.temperature, stop at <|end|>);
   2. score them in one jitted pass: policy and frozen-reference log-probs of
      the response tokens, critic values, and the frozen reward model's score
      at the last response token (minus a penalty when no <|end|> was produced);
@@ -10,7 +10,8 @@ One iteration:
      whitened advantages (llmrl.rl.ppo_core, the same core classic PPO uses);
   4. a few epochs of minibatch updates of {policy, critic} with the clipped
      surrogate and clipped value loss, through llmrl.train.step's train step;
-  5. β follows the adaptive (×2 / ÷2) or proportional KL controller.
+  5. β follows the adaptive (×2 / ÷2) or proportional KL controller (not during the
+     critic warm-up, when the policy is frozen and the KL is 0 by construction).
 PPO-ptx (InstructGPT): with ppo.ptx_coef = γ > 0 each minibatch also carries
 ptx_batch packed pretraining sequences (keys ptx_*), and the loss adds
 γ times their mean next-token loss under the policy.
@@ -101,10 +102,29 @@ def default_config() -> ml_collections.ConfigDict:
   c.whiten_rewards = False
   c.scale_score = False        # divide RM scores by their std on SFT samples (unit scale)
   c.critic_warmup = 0          # first N iterations train only the critic (policy frozen)
-  c.temperature = 1.0
+  c.temperature = 1.0          # sampling temperature; log-probs and KL are of logits / T
   c.ptx_coef = 0.0             # PPO-ptx γ: + γ * LM loss on pretraining text (0 = off)
   c.ptx_batch = 8              # pretraining sequences per minibatch update (with ptx_coef)
+  c.shift_batches = 4          # rollout batches of SFT samples that set the score shift/scale
   return c
+
+
+def rng_streams(seed: int) -> dict:
+  """One independent key per purpose of the RLHF loop (never reused across purposes).
+
+  "sample": rollouts (fold_in the iteration), "shuffle": minibatch orders (fold_in the
+  iteration, then the epoch), "probe": the SFT samples that set the score shift/scale.
+  """
+  base = jax.random.PRNGKey(seed)
+  return {name: jax.random.fold_in(base, i)
+          for i, name in enumerate(("sample", "shuffle", "probe"))}
+
+
+def iteration_keys(streams: dict, it: int, epochs: int) -> tuple[jax.Array, list[jax.Array]]:
+  """(rollout key, [one shuffle key per epoch]) of iteration `it`."""
+  shuffle = jax.random.fold_in(streams["shuffle"], it)
+  return (jax.random.fold_in(streams["sample"], it),
+          [jax.random.fold_in(shuffle, e) for e in range(epochs)])
 
 
 def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -141,17 +161,19 @@ def make_scorer(policy: GPT, critic: ScalarHeadModel, reward_model: ScalarHeadMo
   """Builds score(params, ref_params, rm_params, prompt_ids, prompt_mask, tokens, lengths,
   beta, score_shift, score_scale) -> (Rollout, metrics): step 2 and 3 of the module docstring.
 
-  The RM score enters as (score - score_shift) / score_scale."""
+  The RM score enters as (score - score_shift) / score_scale. Log-probs (policy and
+  reference) are of logits / c.temperature, the distribution the rollouts sample from."""
   fwd = forward or full_forward(policy, critic)
+  temperature = float(c.get("temperature", 1.0))
 
   def score(params, ref_params, rm_params, prompt_ids, prompt_mask, tokens, lengths,
             beta, score_shift, score_scale=1.0):
     seq, seg, pos, mask = sequences(prompt_ids, prompt_mask, tokens, lengths)
     resp = lambda x: response_view(x, prompt_len)  # noqa: E731
-    logits = fwd.policy(params, seq, pos, seg)
+    logits = fwd.policy(params, seq, pos, seg) / temperature  # the sampling distribution
     logp = token_logprobs(resp(logits), tokens) * mask  # [B, T]
-    ref_logp = token_logprobs(resp(fwd.reference(params, ref_params, seq, pos, seg)),
-                              tokens) * mask
+    ref_logits = fwd.reference(params, ref_params, seq, pos, seg) / temperature
+    ref_logp = token_logprobs(resp(ref_logits), tokens) * mask
     values = resp(fwd.critic(params, seq, pos, seg)) * mask
     last = prompt_len + jnp.maximum(lengths, 1) - 1  # [B] index of the last response token
     raw = jnp.take_along_axis(reward_model.apply({"params": rm_params}, seq, pos, seg),
@@ -187,8 +209,13 @@ def make_scorer(policy: GPT, critic: ScalarHeadModel, reward_model: ScalarHeadMo
 
 def make_loss(policy: GPT, critic: ScalarHeadModel, c: ml_collections.ConfigDict,
               prompt_len: int, forward: Forward | None = None):
-  """PPO loss over a minibatch of Rollout rows, in the engine's (sum, (weight, sums)) form."""
+  """PPO loss over a minibatch of Rollout rows, in the engine's (sum, (weight, sums)) form.
+
+  Log-probs are of logits / c.temperature (as in the scorer); during critic warm-up
+  (train_policy = 0) neither the surrogate, the entropy bonus nor PPO-ptx moves the policy.
+  """
   fwd = forward or full_forward(policy, critic)
+  temperature = float(c.get("temperature", 1.0))
 
   def loss_fn(params, mb: dict, rng):
     """mb: Rollout rows; optional "train_policy" [B] (0 during critic warm-up)."""
@@ -196,6 +223,7 @@ def make_loss(policy: GPT, critic: ScalarHeadModel, c: ml_collections.ConfigDict
     resp = lambda x: response_view(x, prompt_len)  # noqa: E731
     tokens = mb["seq"][:, prompt_len:]
     logits = resp(fwd.policy(params, mb["seq"], mb["positions"], mb["segment_ids"]))
+    logits = logits / temperature  # [B, T, vocab]: the sampling distribution
     logp = token_logprobs(logits, tokens)
     mask = mb["mask"]
     pg, stats = ppo_core.clipped_surrogate_loss(logp, mb["old_logp"], mb["advantages"],
@@ -214,7 +242,7 @@ def make_loss(policy: GPT, critic: ScalarHeadModel, c: ml_collections.ConfigDict
                               mb["ptx_segment_ids"])  # [b_ptx, L, vocab]
       ptx_sum, (ptx_weight, _) = causal_lm_loss(ptx_logits, mb["ptx_targets"], mb["ptx_weights"])
       sums["ptx_loss"] = ptx_sum / jnp.maximum(ptx_weight, 1.0)
-      loss = loss + c.ptx_coef * sums["ptx_loss"]
+      loss = loss + policy_on * c.ptx_coef * sums["ptx_loss"]
     return loss, (jnp.float32(1.0), sums)
 
   return loss_fn

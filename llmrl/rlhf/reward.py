@@ -206,18 +206,25 @@ def make_rewards_fn(model: ScalarHeadModel, tuning: tuning_lib.Tuning | None = N
   return rewards
 
 
-def pairwise_accuracy(rewards: np.ndarray, scores: np.ndarray) -> float:
-  """Fraction of strictly-ordered labeler pairs the rewards order the same way."""
+def pairwise_accuracy(rewards: np.ndarray, scores: np.ndarray, ties: float = 0.0) -> float:
+  """Fraction of strictly-ordered labeler pairs the rewards order the same way.
+
+  rewards, scores: [N, K]. A pair the rewards tie counts `ties` (0.5: the expected
+  accuracy of breaking the tie at random, for rankers with few distinct values)."""
+  rewards = np.asarray(rewards, np.float64)
   better = scores[:, :, None] > scores[:, None, :]
   right = (rewards[:, :, None] > rewards[:, None, :]) & better
-  return float(right.sum() / max(better.sum(), 1))
+  tied = (rewards[:, :, None] == rewards[:, None, :]) & better
+  return float((right.sum() + ties * tied.sum()) / max(better.sum(), 1))
 
 
 def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
   """(task, model, tokenizer, held-out arrays by metric name) from config.init_from (SFT).
 
   The held-out arrays: "heldout_accuracy" (held-out prompts) and, with
-  config.heldout_fact_fraction > 0, "unseen_fact_accuracy" (whole facts held out).
+  config.heldout_fact_fraction > 0, "unseen_fact_accuracy" (whole facts held out); each
+  also has "surface" [N, K]: `labeler.surface_score` of every response (the ranking that
+  knows no fact: decline > hedged > plain), the baseline the RM must beat.
   """
   tc = config.train
   margin = float(config.get("margin", 0.0))  # checked before anything is loaded
@@ -246,6 +253,11 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | None = None):
   heldout = {"heldout_accuracy": to_arrays(heldout_ex, tok, tc.seq_len)}
   if unseen_ex:
     heldout["unseen_fact_accuracy"] = to_arrays(unseen_ex, tok, tc.seq_len)
+  for key, exs in (("heldout_accuracy", heldout_ex), ("unseen_fact_accuracy", unseen_ex)):
+    if key in heldout:  # the surface-only ranker's scores of the same responses
+      heldout[key]["surface"] = np.asarray(
+          [[data_lib.labeler.surface_score(r) for r in ex["responses"]] for ex in exs],
+          np.float32)
   batches = data_lib.example_batches(
       arrays, batch_size=local_batch_size(tc), shard_index=jax.process_index(),
       shard_count=jax.process_count(), seed=config.seed, key="preferences")

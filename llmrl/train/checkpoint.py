@@ -99,8 +99,9 @@ class Checkpointer:
     self.manager.close()
 
 
-def load_params(workdir: str) -> tuple[int, Any]:
-  """(step, params) of the newest checkpoint of a training workdir, on one device.
+def load_params(workdir: str, step: int | None = None) -> tuple[int, Any]:
+  """(step, params) of the newest checkpoint of a training workdir (or of `step`), on
+  one device.
 
   For initialising a later stage (SFT from pretraining, a reward model from
   SFT, ...). Raises FileNotFoundError naming the path when there is none.
@@ -108,6 +109,11 @@ def load_params(workdir: str) -> tuple[int, Any]:
   directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
   steps = sorted((int(d) for d in os.listdir(directory) if d.isdigit()),
                  reverse=True) if os.path.isdir(directory) else []
+  if step is not None:
+    if step not in steps:
+      raise FileNotFoundError(f"no checkpoint of step {step} under {directory} (it has "
+                              f"{sorted(steps)}); pick one of those steps.")
+    steps = [step]
   if not steps:
     raise FileNotFoundError(
         f"no checkpoint under {directory}; train that stage first or fix the path.")
