@@ -2,6 +2,7 @@
 dense-vs-MoE experiment end to end."""
 
 import json
+import math
 import os
 
 import jax
@@ -13,6 +14,17 @@ from llmrl.config import ConfigError, load_config_file
 from llmrl.models.moe import layer_stats
 from llmrl.objectives.lm import causal_lm_loss
 from tests import launcher
+
+
+def _assert_initial_cross_entropy(ce, logits, weights):
+  """At initialisation the logits z are small and nearly independent of the target, so the
+  cross-entropy logsumexp(z) - z_target is ln V + Var(z)/2 to second order (Var over the
+  vocabulary, averaged over tokens), up to the target logit's deviation from its row mean:
+  about sqrt(Var(z) / n) over n tokens."""
+  z = np.asarray(logits, np.float64)[np.asarray(weights) > 0]  # [n, V]
+  var = float(z.var(-1).mean())
+  want, tol = math.log(z.shape[-1]) + var / 2, 0.05 + 4 * math.sqrt(var / len(z))
+  assert abs(ce - want) < tol, f"cross-entropy {ce:.4f} vs ln V + Var/2 = {want:.4f} ± {tol:.3f}"
 
 
 def _config(spec, data_cache, **moe):
@@ -37,6 +49,7 @@ def test_lm_task_adds_weighted_aux_losses(data_cache):
     {"params": p}, batch["inputs"], positions=batch["positions"],
     segment_ids=batch["segment_ids"], deterministic=False, mutable=["moe"]))(params)  # fmt: skip
   base, (w, _) = causal_lm_loss(logits, batch["targets"], batch["weights"])
+  _assert_initial_cross_entropy(float(base) / float(w), logits, batch["weights"])
   stats = layer_stats(v["moe"])
   assert len(stats) == 2
   aux = sum(float(s["aux_loss"]) for s in stats)
@@ -69,6 +82,7 @@ def test_moe_config_errors_name_the_key():
 
 
 def test_bert_and_t5_tasks_report_moe_metrics(data_cache):
+  from llmrl.models.bert import Bert
   from llmrl.tasks import bert, t5
 
   for spec, make in (("configs/pretrain_bert.py:tiny", bert.make_task),
@@ -77,8 +91,22 @@ def test_bert_and_t5_tasks_report_moe_metrics(data_cache):
     task, model, _ = make(c)
     assert model.config.moe.num_experts == 2
     params = nn.unbox(jax.jit(task.init_params)(jax.random.key(0)))
-    loss, (weight, sums) = jax.jit(task.loss_fn)(params, next(task.data), jax.random.key(1))
-    assert np.isfinite(float(loss)) and float(sums["moe/aux_loss"]) / float(weight) > 0.9
+    batch = next(task.data)
+    loss, (weight, sums) = jax.jit(task.loss_fn)(params, batch, jax.random.key(1))
+    # Switch aux loss: E * sum_i f_i p_i, 1 under uniform routing, >= ~1 otherwise.
+    assert float(sums["moe/aux_loss"]) / float(weight) > 0.9
+    # The untrained models' losses, from their logits (the same call as the task's loss).
+    run = dict(deterministic=False, rngs={"dropout": jax.random.key(1)}, mutable=["moe"])
+    if make is bert.make_task:
+      (mlm, nsp), _ = model.apply({"params": params}, batch["inputs"], batch["token_type_ids"],
+                                  batch["segment_ids"], method=Bert.pretrain, **run)
+      _assert_initial_cross_entropy(float(sums["mlm_loss"] / weight), mlm, batch["weights"])
+      _assert_initial_cross_entropy(float(sums["nsp_loss"] / weight), nsp,
+                                    np.ones(len(batch["nsp_labels"])))
+    else:
+      logits, _ = model.apply({"params": params}, batch["inputs"], batch["decoder_inputs"],
+                              segment_ids=batch["segment_ids"], **run)
+      _assert_initial_cross_entropy(float(sums["nll"] / weight), logits, batch["weights"])
 
 
 def test_tiny_moe_vs_dense_experiment(tmp_path, data_cache):

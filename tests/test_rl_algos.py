@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from llmrl.config import ConfigError
-from llmrl.rl import loop
+from llmrl.rl import envs, loop
 from llmrl.rl.algos import base
 from llmrl.rl.algos.trpo import trpo_step
 from llmrl.rl.config import base_config
@@ -181,9 +181,24 @@ def test_chunked_runs_equal_one_jitted_run():
 
 def test_continuous_actions_policy_gradient_runs_and_dqn_refuses():
   pytest.importorskip("gymnax")
+  # Pendulum-v1's reward, from the observation (cos θ, sin θ, θ') and the torque u:
+  # -(θ^2 + 0.1 θ'^2 + 0.001 clip(u, -2, 2)^2), θ in [-π, π], |θ'| <= 8: in [-16.2736, 0].
+  env = envs.make("Pendulum-v1")
+  p = env.default_params
+  obs, s = env.reset(jax.random.PRNGKey(0), p)
+  for i, u in enumerate([3.0, -0.5, -7.0, 1.25]):
+    want = -(np.arctan2(obs[1], obs[0]) ** 2 + 0.1 * obs[2] ** 2 + 0.001 * np.clip(u, -2, 2) ** 2)
+    obs, s, r, term, trunc, _ = env.step(jax.random.PRNGKey(i), s, jnp.array([u]), p)
+    np.testing.assert_allclose(float(r), want, rtol=1e-5)
+    assert not bool(term) and not bool(trunc)
+  floor = -(np.pi ** 2 + 0.1 * 8.0 ** 2 + 0.001 * 2.0 ** 2)
   c = cfg("reinforce", env="Pendulum-v1", steps=2048, num_envs=4, num_steps=64)
   _, m = jax.jit(loop.make_train(c))(jax.random.PRNGKey(0))
-  assert all(np.all(np.isfinite(np.asarray(v))) for v in m.values())
+  # 4 envs x 512 steps, 200-step episodes (truncated, never terminated): 2 finish per env.
+  assert float(np.sum(m["sum/episodes"])) == 4 * (512 // 200)
+  assert float(np.sum(m["sum/episode_length"])) == 4 * (512 // 200) * 200
+  per_step = float(np.sum(m["sum/episode_return"])) / float(np.sum(m["sum/episode_length"]))
+  assert floor < per_step < 0.0
   with pytest.raises(ConfigError, match="needs discrete actions"):
     loop.plan(cfg("dqn", env="Pendulum-v1"))
 

@@ -83,10 +83,19 @@ def test_frozen_lake_slip_probabilities_and_terminals():
   assert abs(reached.mean() - 1 / 3) < 0.04
   np.testing.assert_array_equal(np.asarray(out[2]) == 1.0, reached)
   np.testing.assert_array_equal(np.asarray(out[3]), reached)
-  # Cell 4, action right -> hole at 5 (terminated, reward 0)
+  # Cell 4, action right: hole 5 (terminated, reward 0) 1/3 of the time, else 0 or 8 (not
+  # terminal).
   s4 = s.replace(pos=jnp.int32(4))
-  o, _, r, term, _, _ = env.step(jax.random.PRNGKey(3), s4, 2, p)
-  assert int(o) != 5 or (bool(term) and float(r) == 0.0)
+  o, _, r, term, trunc, _ = jax.vmap(lambda k: env.step(k, s4, 2, p))(keys[:3000])
+  o, r, term = np.asarray(o), np.asarray(r), np.asarray(term)
+  assert set(np.unique(o)) == {0, 5, 8} and abs((o == 5).mean() - 1 / 3) < 0.04
+  np.testing.assert_array_equal(term, o == 5)
+  assert np.all(r == 0.0) and not np.any(np.asarray(trunc))
+  # Without slip the same move always falls in; a hole is absorbing.
+  firm = envs.FrozenLake(slippery=False)
+  o, s5, r, term, trunc, _ = firm.step(jax.random.PRNGKey(3), s4, 2, p)
+  assert (int(o), float(r), bool(term), bool(trunc)) == (5, 0.0, True, False)
+  assert int(firm.step(jax.random.PRNGKey(4), s5, 1, p)[0]) == 5
 
 
 def test_bandit_rewards():

@@ -50,9 +50,58 @@ def score(setup, beta=0.1, shift=0.0, scale=1.0):
             jnp.float32(beta), jnp.float32(shift), jnp.float32(scale))
 
 
+def monte_carlo_config(c):
+  """c with γ = λ = 1, so returns_t = r_t + ... + r_{end}, whatever the critic's values."""
+  mc = ml_collections.ConfigDict(c.to_dict())
+  mc.gamma, mc.lam = 1.0, 1.0
+  return mc
+
+
 def test_kl_is_exactly_zero_against_itself(setup):
   _, metrics = score(setup)
   assert float(metrics["ppo/kl_mean"]) == 0.0 and float(metrics["ppo/kl_k3"]) == 0.0
+
+
+def test_rewards_are_score_at_eos_minus_beta_k1_against_another_reference(setup):
+  """r_t = -β·(log π(y_t) - log π_ref(y_t)) + [t = last] · (RM score - missing-EOS penalty),
+  derived here in numpy from the two models' logits (log-prob of response token t read at
+  position P + t - 1) and compared to the scorer's per-token rewards, recovered from its
+  γ = λ = 1 returns (returns_t = sum of rewards from t on)."""
+  cfg, policy, critic, params, (ids, mask, tokens, lengths), c = setup
+  beta = 0.5
+  leaves, tree = jax.tree.flatten(params["policy"])
+  keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
+  ref = jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape, x.dtype)
+                                  for x, k in zip(leaves, keys)])
+  fn = jax.jit(ppo.make_scorer(policy, critic, critic, monte_carlo_config(c), END, P))
+  roll, m = fn(params, ref, params["critic"], ids, mask, tokens, lengths, jnp.float32(beta),
+               jnp.float32(0.0), jnp.float32(1.0))
+  # The model inputs, built directly: prompt padding is on the left, positions count real tokens.
+  seq = np.concatenate([ids, tokens], 1)
+  resp = np.arange(T)[None, :] < lengths[:, None]  # [B, T]
+  seg = np.concatenate([mask, resp], 1).astype(np.int32)
+  pad = P - mask.sum(1)
+  pos = np.maximum(np.arange(P + T)[None, :] - pad[:, None], 0).astype(np.int32)
+
+  def response_logp(p):  # [B, T] float64: log softmax at P + t - 1, gathered at token t
+    logits = np.asarray(policy.apply({"params": p}, seq, pos, seg), np.float64)
+    z = logits - logits.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))  # [B, P+T, V]
+    return np.stack([logp[np.arange(B), P + t - 1, tokens[:, t]] for t in range(T)], 1) * resp
+
+  k1 = response_logp(params["policy"]) - response_logp(ref)  # [B, T]
+  assert np.abs(k1[resp]).mean() > 0.02  # a real KL: its sign and placement matter
+  rm = np.asarray(critic.apply({"params": params["critic"]}, seq, pos, seg), np.float64)
+  eos = np.array([END in tokens[i, :lengths[i]] for i in range(B)])
+  scores = rm[np.arange(B), P + lengths - 1] - c.missing_eos_penalty * (1 - eos)
+  rewards = -beta * k1
+  rewards[np.arange(B), lengths - 1] += scores
+  to_go = np.cumsum(rewards[:, ::-1], 1)[:, ::-1] * resp
+  np.testing.assert_allclose(np.asarray(roll.returns), to_go, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(roll.old_logp), response_logp(params["policy"]),
+                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(float(m["ppo/kl_mean"]), k1.sum(1).mean(), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(float(m["ppo/reward"]), rewards.sum(1).mean(), rtol=1e-4)
 
 
 def test_ratio_is_one_before_the_first_update_and_lr0_changes_nothing(setup):
@@ -91,6 +140,25 @@ def test_score_read_at_last_response_token_with_left_padding(setup):
   # With beta 0 the only reward is the score at the last response token.
   np.testing.assert_allclose(float(m["ppo/score"]), float(jnp.mean(expected)), rtol=1e-5)
   np.testing.assert_allclose(float(m["ppo/reward"]), float(jnp.mean(expected)), rtol=1e-5)
+  # A left-padded row scores as the same prompt run alone without padding: its RM score
+  # (the γ = λ = 1 return at t = 0 with β = 0), log-probs and values agree.
+  mc = monte_carlo_config(c)
+  padded, _ = jax.jit(ppo.make_scorer(policy, critic, critic, mc, END, P))(
+      params, params["policy"], params["critic"], ids, mask, tokens, lengths, jnp.float32(0.0),
+      jnp.float32(0.0), jnp.float32(1.0))
+  for i in (0, 1):
+    n = int(mask[i].sum())
+    assert n < P  # the row really is padded
+    alone, am = jax.jit(ppo.make_scorer(policy, critic, critic, mc, END, n))(
+        params, params["policy"], params["critic"], ids[i:i + 1, P - n:],
+        np.ones((1, n), np.int32), tokens[i:i + 1], lengths[i:i + 1], jnp.float32(0.0),
+        jnp.float32(0.0), jnp.float32(1.0))
+    penalty = c.missing_eos_penalty * (1 - finished[i])
+    np.testing.assert_allclose(float(padded.returns[i, 0]) + penalty,
+                               float(am["ppo/rm_score_raw"]), atol=1e-5)
+    for field in ("returns", "old_logp", "old_values"):
+      np.testing.assert_allclose(np.asarray(getattr(padded, field))[i],
+                                 np.asarray(getattr(alone, field))[0], atol=1e-5, err_msg=field)
 
 
 def test_score_shift_and_scale(setup):
@@ -193,28 +261,58 @@ def test_kl_controllers_keep_beta_in_range():
   assert ppo.update_beta(0.1, 10.0, c, 32) == 0.1
 
 
-def test_chatgpt_smoke(tmp_path, data_cache):
-  wd = str(tmp_path / "cg")
-  ptx = "--config.rlhf.ppo.ptx_coef=0.5"  # PPO-ptx on: pretraining rows in every update
-  probe = "--config.sft.decline_below=0.1"  # knowledge-aware SFT, as in the default
-  out = launcher.run("chatgpt", "configs/chatgpt.py:tiny", wd, f"--config.cache_dir={data_cache}",
-                     ptx, probe)
-  assert "stage 4/4: rlhf" in out.stderr
-  assert "knowledge probe (decline_below=0.1)" in out.stderr
+def test_chatgpt_smoke(chatgpt_tiny, data_cache):
+  """The tiny pipeline's report, recomputed from what each stage wrote."""
+  from llmrl import data as data_lib
+  from llmrl.data import labeler
+  from tests.conftest import CHATGPT_TINY_OVERRIDES
+  wd = chatgpt_tiny
+  log = open(os.path.join(wd, "run.log")).read()
+  assert "stage 4/4: rlhf" in log and "knowledge probe (decline_below=0.1)" in log
   ppo_recs = [json.loads(line) for line in open(os.path.join(wd, "rlhf", "metrics.jsonl"))]
-  assert all(np.isfinite(r["train/ptx_loss"]) and r["train/ptx_loss"] > 0 for r in ppo_recs
-             if "train/ptx_loss" in r) and any("train/ptx_loss" in r for r in ppo_recs)
+  ptx = [r["train/ptx_loss"] for r in ppo_recs if "train/ptx_loss" in r]
+  vocab = json.load(open(os.path.join(wd, "rlhf", "config.json")))["model"]["vocab_size"]
+  # PPO-ptx ran: the policy's LM loss on pretraining text, well below a uniform guess.
+  assert ptx and all(0 < x < np.log(vocab) for x in ptx)
   report = json.load(open(os.path.join(wd, "report.json")))
-  for stage in ("pretrain", "sft", "rlhf"):
-    assert set(report[stage]) == {"true_reward", "known_accuracy", "hallucination_rate"}
-    assert -4.0 <= report[stage]["true_reward"] <= 1.0
-  assert 0.0 <= report["reward_model"]["heldout_accuracy"] <= 1.0
-  if "unseen_fact_accuracy" in report["reward_model"]:
-    assert 0.0 <= report["reward_model"]["unseen_fact_accuracy"] <= 1.0
-  assert report["ppo"]["kl_target"] == 1.0 and report["ppo"]["kl_mean"] is not None
+  cfg = ml_collections.ConfigDict(json.load(open(os.path.join(wd, "rlhf", "config.json"))))
+  questions = (data_lib.examples(cfg.data, "eval_known")
+               + data_lib.examples(cfg.data, "eval_unknown"))
+  n_known = sum(ex["known"] for ex in questions)
+  for stage, name in (("pretrain", "eval_fewshot.json"), ("sft", "eval_chat.json"),
+                      ("rlhf", "eval_chat.json")):
+    r, ev = report[stage], json.load(open(os.path.join(wd, stage, name)))
+    answers = [rec["answer"] for rec in ev["records"]]
+    assert r["num_questions"] == len(questions) == len(answers)
+    # Re-scored here from the split's examples and the stored answers.
+    scores = [labeler.score(ex, a) for ex, a in zip(questions, answers)]
+    outcomes = [labeler.classify(ex, a).outcome for ex, a in zip(questions, answers)]
+    assert r["true_reward"] == pytest.approx(np.mean(scores), abs=1e-12)
+    right = sum(o == "correct" for o, ex in zip(outcomes, questions) if ex["known"])
+    assert r["known_accuracy"] == pytest.approx(right / n_known, abs=1e-12)
+    made_up = sum(o != "declined" for o, ex in zip(outcomes, questions) if not ex["known"])
+    assert r["hallucination_rate"] == pytest.approx(made_up / (len(questions) - n_known))
+    assert r["answer_rate"] == pytest.approx(np.mean([o != "declined" for o in outcomes]))
+    lo, hi = r["true_reward_ci"]
+    assert lo <= r["true_reward"] <= hi and lo < hi or lo == hi == r["true_reward"]
+    if stage == "sft":  # the oracle keeps SFT's right answers and declines the rest
+      oracle = np.mean([s if o == "correct" else 0.0 for s, o in zip(scores, outcomes)])
+      assert report["oracle_decline"]["true_reward"] == pytest.approx(oracle, abs=1e-12)
+  decline = report["always_decline"]
+  assert (decline["true_reward"], decline["true_reward_ci"], decline["answer_rate"],
+          decline["hallucination_rate"]) == (0.0, [0.0, 0.0], 0.0, 0.0)
+  assert decline["num_questions"] == report["oracle_decline"]["num_questions"] == len(questions)
+  # KL: the mean over the iterations that trained the policy, recomputed from metrics.jsonl.
+  kls = [r["ppo/kl_mean"] for r in ppo_recs if r["ppo/policy_on"]]
+  assert report["ppo"]["kl_mean"] == pytest.approx(np.mean(kls), abs=1e-12)
+  assert report["ppo"]["kl_last"] == kls[-1] and report["ppo"]["kl_target"] == 1.0
+  rm = report["reward_model"]
+  assert {"heldout_accuracy", "surface_baseline_heldout_accuracy"} <= set(rm)
   for name in ("report.md", "losses.png", "ppo.png"):
     assert os.path.getsize(os.path.join(wd, name)) > 0
-  # Re-running the same command resumes: every stage is already complete.
+  assert "| always_decline | 0.000 [0.000, 0.000] |" in open(os.path.join(wd, "report.md")).read()
+  # Re-running the same command resumes: every stage is already complete, same report.
   again = launcher.run("chatgpt", "configs/chatgpt.py:tiny", wd, f"--config.cache_dir={data_cache}",
-                       ptx, probe)
+                       *CHATGPT_TINY_OVERRIDES)
   assert "resumed" in again.stderr
+  assert json.load(open(os.path.join(wd, "report.json"))) == report

@@ -166,7 +166,8 @@ def test_pretrain_sft_reward_model_chain(tmp_path, data_cache):
   launcher.run("sft", "configs/sft.py:tiny", sft_dir, cache, f"--config.init_from={pre}",
                "--config.train.steps=10")
   out = launcher.run("reward_model", "configs/reward_model.py:tiny", rm, cache,
-                     f"--config.init_from={sft_dir}", "--config.train.steps=10")
+                     f"--config.init_from={sft_dir}", "--config.train.steps=10",
+                     "--config.train.log_every=1")
   assert "heldout_accuracy" in out.stderr
   ev = json.load(open(os.path.join(rm, "eval.json")))
   assert 0.0 <= ev["reward_model.heldout_accuracy"] <= 1.0 and ev["heldout_prompts"] > 0
@@ -176,9 +177,24 @@ def test_pretrain_sft_reward_model_chain(tmp_path, data_cache):
   # Stages record the model they really trained (taken from the parent).
   assert json.load(open(os.path.join(rm, "config.json")))["model"] == \
       json.load(open(os.path.join(pre, "config.json")))["model"]
-  # The reward model's ranking loss starts at log 2 (zero-initialised head).
   rm_recs = read_jsonl(os.path.join(rm, "metrics.jsonl"))
   assert any("eval/heldout_accuracy" in r for r in rm_recs)
+  # The reward model's ranking loss starts at log 2: the head is zero-initialised, so every
+  # reward is 0 and each strictly ordered pair costs -log sigmoid(0 - margin * gap)
+  # (log 2 at margin 0); a tied pair costs nothing, and the sum over pairs is divided by
+  # C(K, 2). Derived from the labeler scores of the run's first batch (same seed, same order).
+  from configs import reward_model as rm_config
+  c = rm_config.get_config("tiny")
+  c.init_from, c.data.cache_dir = sft_dir, data_cache
+  first = next(reward.make_task(c)[0].data)["scores"].astype(np.float64)  # [batch, K]
+  k = first.shape[1]
+  gap = first[:, :, None] - first[:, None, :]
+  per_prompt = np.where(gap > 0, np.logaddexp(0.0, c.margin * gap), 0.0).sum((1, 2))
+  want = per_prompt.mean() / math.comb(k, 2)
+  assert c.margin == 0.0 and abs(want - math.log(2)) < 0.1  # log 2, up to tied pairs
+  step1 = next(r for r in rm_recs if "train/loss" in r)
+  assert step1["step"] == 1
+  np.testing.assert_allclose(step1["train/loss"], want, rtol=1e-6)
 
 
 def test_reward_model_needs_init_from(tmp_path, data_cache):
