@@ -121,6 +121,7 @@ class WorldConfig(tfds.core.BuilderConfig):
   num_responses: int = 4
   prompts_per_fact: int = 1
   eval_wordings: int = 1
+  filler_scale: float = 1.0
 
   @property
   def text_id(self) -> str:
@@ -128,7 +129,11 @@ class WorldConfig(tfds.core.BuilderConfig):
 
     Tokenizers are keyed by it.
     """
-    return f"seed{self.world_seed}_people{self.num_people}"
+    return f"seed{self.world_seed}_people{self.num_people}" + _filler_suffix(self.filler_scale)
+
+
+def _filler_suffix(filler_scale: float) -> str:
+  return "" if filler_scale == 1.0 else f"_f{filler_scale:g}"
 
 
 class SyntheticWorld(_LocalBuilder):
@@ -156,7 +161,8 @@ class SyntheticWorld(_LocalBuilder):
   def _split_generators(self, dl_manager):
     c = self.builder_config
     w = world.build_world(c.world_seed, c.num_people)
-    splits = {s: self._generate_examples(self._documents(w, s)) for s in ("pretrain", "validation")}
+    splits = {s: self._generate_examples(self._documents(w, s, c.filler_scale))
+              for s in ("pretrain", "validation")}
     for s in qa.QA_SPLITS:
       splits[s] = self._generate_examples(self._qa(w, s, c.eval_wordings))
     splits["preferences"] = self._generate_examples(
@@ -165,8 +171,8 @@ class SyntheticWorld(_LocalBuilder):
     return splits
 
   @staticmethod
-  def _documents(w, split):
-    for kind, text in documents.pretrain_documents(w, split):
+  def _documents(w, split, filler_scale):
+    for kind, text in documents.pretrain_documents(w, split, filler_scale=filler_scale):
       yield {**_EMPTY, "text": text, "kind": kind}
 
   @staticmethod
@@ -258,10 +264,13 @@ def _builder(cfg) -> tfds.core.GeneratorBasedBuilder:
   if cfg.name == "synthetic_world":
     n, k = config_lib.world_num_people(cfg.world_size), cfg.get("num_responses", 4)
     q, w = cfg.get("prompts_per_fact", 1), cfg.get("eval_wordings", 1)
+    f = float(cfg.get("filler_scale", 1.0))
     bc = WorldConfig(
       name=f"seed{cfg.world_seed}_people{n}_k{k}"
       + (f"_q{q}" if q != 1 else "")
-      + (f"_w{w}" if w != 1 else ""),
+      + (f"_w{w}" if w != 1 else "")
+      + _filler_suffix(f),
+      filler_scale=f,
       world_seed=cfg.world_seed,
       num_people=n,
       num_responses=k,

@@ -69,6 +69,10 @@ def default_config() -> ml_collections.ConfigDict:
   # each worded differently (one example each, sharing a fact_id), 1..3;
   # more tells policies apart better (e.g. 2 in a 120-person world: 330).
   cfg.eval_wordings = 1
+  # synthetic_world only: amount of filler text (arithmetic, lists, stories) in
+  # the pretrain and validation splits, relative to the original mix (1.0: ~56%
+  # of the characters; 0.2: ~20%, so facts are seen ~1.8x as often per token).
+  cfg.filler_scale = 1.0
   # text_files only: a glob (or comma-separated globs, or a directory) of
   # .txt and .jsonl files. .txt: one document per blank-line separated
   # paragraph; .jsonl: one document per line, text in field `text_key`.
@@ -192,6 +196,10 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
         f"config.data.eval_wordings={w!r} must be an int in [1, {MAX_EVAL_WORDINGS}] (question "
         "wordings per eval fact); set config.data.eval_wordings=1"
       )
+    fs = cfg.get("filler_scale", 1.0)
+    if isinstance(fs, bool) or not isinstance(fs, (int, float)) or not 0 <= fs <= 4:
+      _fail(f"config.data.filler_scale={fs!r} must be a number in [0, 4] (filler text relative "
+            "to the original mix); set config.data.filler_scale=1.0")
   if name == "text_files":
     if not cfg.files:
       _fail(

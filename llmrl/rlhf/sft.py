@@ -53,8 +53,8 @@ def chat_arrays(examples: list[dict], tok: data_lib.Tokenizer, seq_len: int) -> 
   return out
 
 
-WORLD_KEYS = ("name", "world_seed", "world_size", "files", "text_key", "tokenizer_type",
-              "vocab_size")
+WORLD_KEYS = ("name", "world_seed", "world_size", "filler_scale", "files", "text_key",
+              "tokenizer_type", "vocab_size")
 
 
 def inherit(config: ml_collections.ConfigDict, parent: ml_collections.ConfigDict) -> None:
