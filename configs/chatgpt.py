@@ -56,29 +56,37 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 def _laptop(c: ml_collections.ConfigDict) -> None:
   """The default: a world small enough for a 1M-parameter model to learn its facts.
 
-  120 people (301 SFT prompts, 147 ranked/PPO facts, 165 eval facts); every ranked fact
-  asked three ways with six candidates each, so the reward model sees each fact's right
-  answer in several rankings; 5% of facts are held out whole (unseen_fact_accuracy).
+  120 people (301 SFT prompts, 147 ranked/PPO facts, 165 eval facts asked two ways each:
+  330 questions); every ranked fact asked three ways with six candidates each, so the
+  reward model sees each fact's right answer in several rankings; 10% of ranked facts are
+  held out whole (unseen_fact_accuracy, next to the surface-only ranking).
   """
   for stage in (c.pretrain, c.sft, c.reward_model, c.rlhf):
     stage.data.world_size = "120"
+    # Facts make 80% of the pretraining text instead of 44%: the model knows
+    # more of them after the same steps (BUILD_NOTES "What the base model knows").
+    stage.data.filler_scale = 0.2
+  c.rlhf.data.eval_wordings = 2  # every eval fact asked two ways (330 questions)
   for stage in (c.reward_model, c.rlhf):
     stage.data.update(prompts_per_fact=3, num_responses=6)
   c.pretrain.train.steps = 1000
-  # Knowledge-aware SFT: known facts the pretrained model gives < 10% are trained as
-  # "I don't know." (about 48% of them); PPO then has declining to explore and reinforce.
-  c.sft.decline_below = 0.1
-  c.reward_model.heldout_fact_fraction = 0.05
+  # Knowledge-aware SFT: known facts the pretrained model gives < 50% are trained as
+  # "I don't know." (about 54% of them): SFT answers 40% of the eval questions and PPO
+  # has both answers and declines to choose between (BUILD_NOTES "threshold").
+  c.sft.decline_below = 0.5
+  c.reward_model.heldout_fact_fraction = 0.1
   c.reward_model.margin = 1.0  # reward gaps follow the labeler's: a wrong answer costs 4x
-  c.reward_model.train.update(seq_len=88, steps=800, log_every=50, checkpoint_every=800)
+  c.sft.train.update(steps=200, checkpoint_every=200)  # SFT loss ~0.02 by step 175
+  c.reward_model.train.update(seq_len=88, steps=450, log_every=50, checkpoint_every=450)
   c.reward_model.optim.learning_rate = 3e-4
-  c.rlhf.optim.learning_rate = 5e-5  # 1e-4 ran the KL to 3-5 (BUILD_NOTES), 1e-5 barely moved
-  # Scores in units of the SFT samples' std, so β in [0.01, 1] means the same on every seed;
+  c.rlhf.optim.learning_rate = 3e-5  # 5e-5 spiked the KL higher (BUILD_NOTES "PPO-ptx")
+  # Scores in units of the SFT samples' std, so β in [0.05, 1] means the same on every seed;
   # 5 critic-only iterations first (the critic starts as the RM, which only scored <|end|>).
-  # PPO-ptx γ = 4 (InstructGPT's pretraining mix): without it PPO declines more but also
-  # forgets the facts it still answers (BUILD_NOTES "Knowledge-aware SFT").
-  c.rlhf.ppo.update(rollout_batch=64, scale_score=True, critic_warmup=5, kl_target=2.0,
-                    kl_coef_min=0.01, kl_coef_max=1.0, ptx_coef=4.0)
+  # PPO-ptx γ = 1 (InstructGPT's pretraining mix): without it PPO answers less accurately
+  # (the alignment tax); γ = 4 spiked the KL to ~20 nats (BUILD_NOTES "PPO-ptx").
+  c.rlhf.ppo.update(iterations=32, rollout_batch=64, scale_score=True, critic_warmup=5,
+                    kl_target=2.0,
+                    kl_coef=0.1, kl_coef_min=0.05, kl_coef_max=1.0, ptx_coef=1.0)
 
 
 def _gpt2_small(c: ml_collections.ConfigDict) -> None:

@@ -172,9 +172,11 @@ def test_warmup_freezes_beta_and_the_policy(reference_run, chatgpt_tiny):
   recs = records(reference_run)
   assert [r["step"] for r in recs] == list(range(1, ITERATIONS + 1))
   assert [r["ppo/policy_on"] for r in recs] == [0.0] * WARMUP + [1.0] * (ITERATIONS - WARMUP)
-  # β is the initial one through the warm-up and the first policy iteration (KL was 0).
-  assert [r["ppo/beta"] for r in recs[:WARMUP + 1]] == [KL_COEF] * (WARMUP + 1)
-  assert recs[WARMUP + 1]["ppo/beta"] != KL_COEF  # then the controller moves it
+  # β is the initial one through the warm-up and the first policy iteration, whose
+  # rollouts the frozen policy sampled (KL 0); then the controller moves it.
+  assert [r["ppo/kl_mean"] for r in recs[:WARMUP + 1]] == [0.0] * (WARMUP + 1)
+  assert [r["ppo/beta"] for r in recs[:WARMUP + 2]] == [KL_COEF] * (WARMUP + 2)
+  assert recs[WARMUP + 2]["ppo/beta"] != KL_COEF
   _, sft = load_params(os.path.join(chatgpt_tiny, "sft"))
   _, warm = load_params(reference_run, step=WARMUP)
   _, last = load_params(reference_run)

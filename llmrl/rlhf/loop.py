@@ -262,8 +262,8 @@ def train_rlhf(config: ml_collections.ConfigDict, workdir: str, stream=None) -> 
       host["ppo/true_reward"] = float(np.mean([
           data_lib.labeler.score(examples[i], t) for i, t in zip(batch["index"], texts)]))
       host["ppo/policy_on"] = float(policy_on)
-      if policy_on:  # during the critic warm-up the KL is 0 by construction: β stays put
-        beta = ppo.update_beta(beta, host["ppo/kl_mean"], pc, pc.rollout_batch)
+      if it > pc.get("critic_warmup", 0):  # sampled from an updated policy: the KL says
+        beta = ppo.update_beta(beta, host["ppo/kl_mean"], pc, pc.rollout_batch)  # something
       done = it + 1
       if it == start:
         progress.start_timing(done)

@@ -10,8 +10,9 @@ One iteration:
      whitened advantages (llmrl.rl.ppo_core, the same core classic PPO uses);
   4. a few epochs of minibatch updates of {policy, critic} with the clipped
      surrogate and clipped value loss, through llmrl.train.step's train step;
-  5. β follows the adaptive (×2 / ÷2) or proportional KL controller (not during the
-     critic warm-up, when the policy is frozen and the KL is 0 by construction).
+  5. β follows the adaptive (×2 / ÷2) or proportional KL controller, from the first
+     iteration whose rollouts come from an updated policy (during the critic warm-up and
+     on the first policy iteration the rollouts' KL is 0 by construction).
 PPO-ptx (InstructGPT): with ppo.ptx_coef = γ > 0 each minibatch also carries
 ptx_batch packed pretraining sequences (keys ptx_*), and the loss adds
 γ times their mean next-token loss under the policy.
