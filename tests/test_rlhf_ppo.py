@@ -271,7 +271,7 @@ def test_chatgpt_smoke(chatgpt_tiny, data_cache):
   assert "stage 4/4: rlhf" in log and "knowledge probe (decline_below=0.1)" in log
   ppo_recs = [json.loads(line) for line in open(os.path.join(wd, "rlhf", "metrics.jsonl"))]
   ptx = [r["train/ptx_loss"] for r in ppo_recs if "train/ptx_loss" in r]
-  vocab = json.load(open(os.path.join(wd, "rlhf", "config.json")))["model"]["vocab_size"]
+  vocab = data_lib.load_tokenizer(os.path.join(wd, "rlhf", "tokenizer.model")).vocab_size
   # PPO-ptx ran: the policy's LM loss on pretraining text, well below a uniform guess.
   assert ptx and all(0 < x < np.log(vocab) for x in ptx)
   report = json.load(open(os.path.join(wd, "report.json")))
