@@ -39,6 +39,9 @@ def main(config, workdir):
            "rlhf": results["rlhf"]["eval"]}
   for name, records in evaluate.baselines(evals["sft"]["records"]).items():
     evals[name] = {**evaluate.summarize(records), "calibration": evaluate.calibration(records)}
+  # RLHF minus SFT on the same questions: the interval of the gain itself.
+  evals["rlhf"]["minus_sft"] = evaluate.paired_difference(evals["rlhf"]["records"],
+                                                          evals["sft"]["records"])
   rm = {k.split("/", 1)[1]: v for k, v in results["reward_model"].items()
         if k.startswith("eval/")}
   out = report.write(workdir, evals, rm, results["rlhf"], results["rlhf"]["kl"],

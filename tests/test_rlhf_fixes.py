@@ -212,3 +212,31 @@ def test_sigkill_mid_stage_resumes_to_the_same_result(reference_run, chatgpt_tin
   for name in ("eval_chat.json",):
     with open(os.path.join(run, name)) as f, open(os.path.join(reference_run, name)) as g:
       assert json.load(f) == json.load(g)
+
+
+def test_bootstrap_resamples_facts_and_pairs_policies():
+  from llmrl.rlhf import evaluate
+  rng = np.random.RandomState(0)
+  facts = [f"f{i}" for i in range(60)]
+  ask = [f for f in facts for _ in range(2)]  # every fact in two wordings
+  scores = rng.choice([1.0, 0.0, -4.0], size=len(ask), p=[0.5, 0.3, 0.2])
+  records = [{"fact": f, "known": True, "outcome": {1.0: "correct", 0.0: "declined",
+              -4.0: "wrong"}[s], "hedged": False, "score": s} for f, s in zip(ask, scores)]
+  out = evaluate.summarize(records)
+  # An independent loop: draw 60 facts with replacement, average their questions' scores.
+  per_fact = {f: [] for f in facts}
+  for f, s in zip(ask, scores):
+    per_fact[f].append(s)
+  other = np.random.default_rng(123)
+  boot = [np.mean([x for f in other.choice(facts, len(facts)) for x in per_fact[f]])
+          for _ in range(4000)]
+  np.testing.assert_allclose(out["true_reward_ci"], np.quantile(boot, [0.05, 0.95]), atol=0.04)
+  assert out["true_reward"] == pytest.approx(scores.mean())
+  assert (out["num_questions"], out["num_facts"]) == (120, 60)
+  # The paired difference against a policy that declines everything is the policy's reward.
+  declined = evaluate.baselines(records)["always_decline"]
+  d = evaluate.paired_difference(records, declined)
+  assert d["difference"] == pytest.approx(scores.mean())
+  np.testing.assert_allclose(d["difference_ci"], out["true_reward_ci"])
+  with pytest.raises(ValueError, match="same questions"):
+    evaluate.paired_difference(records, declined[::-1])

@@ -298,6 +298,9 @@ def test_chatgpt_smoke(chatgpt_tiny, data_cache):
     if stage == "sft":  # the oracle keeps SFT's right answers and declines the rest
       oracle = np.mean([s if o == "correct" else 0.0 for s, o in zip(scores, outcomes)])
       assert report["oracle_decline"]["true_reward"] == pytest.approx(oracle, abs=1e-12)
+  gain = report["rlhf"]["minus_sft"]  # paired over the same questions
+  assert gain["difference"] == pytest.approx(report["rlhf"]["true_reward"]
+                                             - report["sft"]["true_reward"], abs=1e-12)
   decline = report["always_decline"]
   assert (decline["true_reward"], decline["true_reward_ci"], decline["answer_rate"],
           decline["hallucination_rate"]) == (0.0, [0.0, 0.0], 0.0, 0.0)

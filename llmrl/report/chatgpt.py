@@ -76,7 +76,7 @@ def targets(report: dict) -> list[tuple[str, bool, str]]:
   out = [("RLHF true reward above always-decline (0)", rl["true_reward"] > dec["true_reward"],
           f"RLHF {ci(rl)} vs 0"),
          ("RLHF true reward above SFT's", rl["true_reward"] > sft["true_reward"],
-          f"RLHF {ci(rl)} vs SFT {ci(sft)}"),
+          f"RLHF {ci(rl)} vs SFT {ci(sft)}" + _paired(rl)),
          (f"RLHF known-fact accuracy when answering >= {BREAK_EVEN}",
           rl["known_accuracy_when_answering"] >= BREAK_EVEN,
           f"{rl['known_accuracy_when_answering']:.3f}"),
@@ -102,6 +102,8 @@ def write(workdir: str, evals: dict, rm: dict, ppo_final: dict, kl: dict,
   their "surface_baseline_*" accuracies. kl: `pipeline.kl_summary` of the PPO run.
   """
   report = {name: {k: evals[name][k] for k in SUMMARY_KEYS} for name in ROWS if name in evals}
+  if "minus_sft" in evals.get("rlhf", {}):
+    report["rlhf"]["minus_sft"] = evals["rlhf"]["minus_sft"]
   report["reward_model"] = dict(rm)
   report["ppo"] = {**kl, "kl_target": kl_target, "final_beta": ppo_final.get("ppo/beta")}
   report["calibration"] = {s: evals[s]["calibration"] for s in STAGES if s in evals}
@@ -166,6 +168,14 @@ def write(workdir: str, evals: dict, rm: dict, ppo_final: dict, kl: dict,
 SURFACE = {"heldout_accuracy": "surface_baseline_heldout_accuracy",
            "unseen_fact_accuracy": "surface_baseline_unseen_accuracy"}
 COUNTS = {"heldout_accuracy": "heldout_prompts", "unseen_fact_accuracy": "unseen_fact_prompts"}
+
+
+def _paired(rl: dict) -> str:
+  if "minus_sft" not in rl:
+    return ""
+  d = rl["minus_sft"]
+  return (f"; paired difference {d['difference']:+.3f} [{d['difference_ci'][0]:+.3f}, "
+          f"{d['difference_ci'][1]:+.3f}]")
 
 
 def _fmt(x: float) -> str:

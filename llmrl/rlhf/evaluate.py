@@ -111,6 +111,18 @@ def summarize(records: list[dict], *, seed: int = 0) -> dict:
           "num_questions": len(records), "num_facts": len(facts)}
 
 
+def paired_difference(records: list[dict], reference: list[dict], *, seed: int = 0) -> dict:
+  """Mean true-reward difference (records - reference) on the same questions, with a
+  bootstrap 90% interval from resampling facts (both policies' answers move together)."""
+  if [r["fact"] for r in records] != [r["fact"] for r in reference]:
+    raise ValueError("paired_difference needs both policies' answers to the same questions, "
+                     "in the same order")
+  diff = [{**r, "score": r["score"] - q["score"]} for r, q in zip(records, reference)]
+  out = summarize(diff, seed=seed)
+  return {"difference": out["true_reward"], "difference_ci": out["true_reward_ci"],
+          "num_questions": out["num_questions"]}
+
+
 def baselines(reference: list[dict]) -> dict[str, list[dict]]:
   """always_decline and oracle_decline records on the questions of `reference`."""
   def declined(r):
