@@ -127,7 +127,8 @@ def rlhf(config, workdir: str) -> dict:
   key = "" if lora_lib.enabled(config.get("lora")) else "policy"  # LoRA: the whole tree
   result = evaluate_stage(workdir, config.data, "chat", config.eval_max_new_tokens,
                           params_key=key)
-  records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  path = os.path.join(workdir, "metrics.jsonl")  # written by process 0 only
+  records = read_jsonl(path) if os.path.exists(path) else []
   return {**final, "eval": result, "kl": kl_summary(records, config.ppo.get("critic_warmup", 0))}
 
 
