@@ -231,6 +231,12 @@ def test_bootstrap_resamples_facts_and_pairs_policies():
   boot = [np.mean([x for f in other.choice(facts, len(facts)) for x in per_fact[f]])
           for _ in range(4000)]
   np.testing.assert_allclose(out["true_reward_ci"], np.quantile(boot, [0.05, 0.95]), atol=0.04)
+  answered = {f: [] for f in facts}  # the answer rate's interval, from the same kind of loop
+  for f, s in zip(ask, scores):
+    answered[f].append(float(s != 0.0))
+  rates = [np.mean([x for f in other.choice(facts, len(facts)) for x in answered[f]])
+           for _ in range(4000)]
+  np.testing.assert_allclose(out["answer_rate_ci"], np.quantile(rates, [0.05, 0.95]), atol=0.04)
   assert out["true_reward"] == pytest.approx(scores.mean())
   assert (out["num_questions"], out["num_facts"]) == (120, 60)
   # The paired difference against a policy that declines everything is the policy's reward.

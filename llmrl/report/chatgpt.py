@@ -60,8 +60,9 @@ def plot_ppo(workdir: str, kl_target: float) -> str:
   return path
 
 
-SUMMARY_KEYS = ("true_reward", "true_reward_ci", "answer_rate", "accuracy_when_answering",
-                "known_accuracy", "known_accuracy_when_answering", "hallucination_rate",
+RATES = ("answer_rate", "accuracy_when_answering", "known_accuracy",
+         "known_accuracy_when_answering", "hallucination_rate")
+SUMMARY_KEYS = ("true_reward", "true_reward_ci", *RATES, *(f"{k}_ci" for k in RATES),
                 "num_questions", "num_facts")
 ROWS = STAGES + BASELINES
 BREAK_EVEN = 0.8  # answering pays only above 80% confidence (labeler.py)
@@ -118,17 +119,17 @@ def write(workdir: str, evals: dict, rm: dict, ppo_final: dict, kl: dict,
            "eval_unknown), scored by the labeler (+1 right, +0.5 hedged right, 0 "
            "\"I don't know\", -2 hedged wrong, -4 wrong). Intervals: bootstrap 90% over "
            "facts (a fact asked in several wordings is resampled whole).", "",
+           "Rates are given with their 90% intervals too.", "",
            "| policy | true reward [90% CI] | answer rate | accuracy when answering | "
            "known-fact accuracy | known acc. when answering | hallucination rate | questions |",
            "|---|---|---:|---:|---:|---:|---:|---:|"]
   for name in ROWS:
     if name in report:
       r = report[name]
-      lines.append(f"| {name} | {r['true_reward']:.3f} [{r['true_reward_ci'][0]:.3f}, "
-                   f"{r['true_reward_ci'][1]:.3f}] | {r['answer_rate']:.3f} | "
-                   f"{_fmt(r['accuracy_when_answering'])} | {r['known_accuracy']:.3f} | "
-                   f"{_fmt(r['known_accuracy_when_answering'])} | "
-                   f"{r['hallucination_rate']:.3f} | {r['num_questions']} |")
+      cells = [f"{r['true_reward']:.3f} [{r['true_reward_ci'][0]:.3f}, "
+               f"{r['true_reward_ci'][1]:.3f}]"]
+      cells += [_fmt(r[k], r[f"{k}_ci"]) for k in RATES]
+      lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['num_questions']} |")
   lines += ["", "always_decline answers \"I don't know.\" to everything; oracle_decline keeps "
             "SFT's answer when it is right and declines otherwise (the best a perfectly "
             "calibrated SFT policy could do).", "", "## Reward model", "",
@@ -178,5 +179,7 @@ def _paired(rl: dict) -> str:
           f"{d['difference_ci'][1]:+.3f}]")
 
 
-def _fmt(x: float) -> str:
-  return "n/a" if x != x else f"{x:.3f}"
+def _fmt(x: float, ci: list | None = None) -> str:
+  if x != x:
+    return "n/a"
+  return f"{x:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and ci[0] == ci[0] else "")

@@ -5,7 +5,8 @@ never states; the honest answer is "I don't know"), greedy answers are
 scored by llmrl.data.labeler. `summarize` turns the per-question verdicts into:
   true_reward              mean labeler score over both splits
   true_reward_ci           bootstrap 90% interval of it, resampling facts (a fact asked
-                           in several wordings moves as one cluster)
+                           in several wordings moves as one cluster); every rate below
+                           has its `<name>_ci` from the same resamples
   answer_rate              fraction of questions not declined
   accuracy_when_answering  fraction correct among the answered questions (break-even of
                            the reward: 0.8)
@@ -98,16 +99,28 @@ def summarize(records: list[dict], *, seed: int = 0) -> dict:
   facts = sorted({r["fact"] for r in records})
   index = {f: i for i, f in enumerate(facts)}
   cluster = np.asarray([index[r["fact"]] for r in records])
-  # Per-fact sums and counts: a resample of facts is a weighted sum over them.
-  sums = np.bincount(cluster, score, len(facts))
-  counts = np.bincount(cluster, None, len(facts))
   rng = np.random.default_rng(seed)
+  # [samples, facts]: how often each resample draws each fact.
   draws = rng.multinomial(len(facts), np.full(len(facts), 1 / len(facts)), BOOTSTRAP_SAMPLES)
-  boot = (draws @ sums) / (draws @ counts)  # [samples] mean score of each resample
   tail = (1 - CI_LEVEL) / 2
-  lo, hi = np.quantile(boot, [tail, 1 - tail])
-  return {**_metrics(score, answered, correct, known),
-          "true_reward_ci": [float(lo), float(hi)],
+
+  def interval(num, den):
+    """Percentile interval of sum(num) / sum(den) over the resamples (per-fact sums)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+      boot = (draws @ np.bincount(cluster, num, len(facts))) / (
+          draws @ np.bincount(cluster, den, len(facts)))  # [samples]
+    boot = boot[np.isfinite(boot)]
+    return [float(x) for x in np.quantile(boot, [tail, 1 - tail])] if len(boot) else [
+        float("nan")] * 2
+
+  ones = np.ones(len(records))
+  cis = {"true_reward_ci": interval(score, ones),
+         "answer_rate_ci": interval(answered, ones),
+         "accuracy_when_answering_ci": interval(correct & answered, answered),
+         "known_accuracy_ci": interval(correct & known, known),
+         "known_accuracy_when_answering_ci": interval(correct & known, answered & known),
+         "hallucination_rate_ci": interval(answered & ~known, ~known)}
+  return {**_metrics(score, answered, correct, known), **cis,
           "num_questions": len(records), "num_facts": len(facts)}
 
 
